@@ -1,0 +1,105 @@
+"""Typed run configuration. Every section is a dataclass; YAML and `--set` overrides fill it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+OnBadImage = Literal["fail", "skip"]
+TeacherMode = Literal["linear-probe", "finetune", "lp-ft"]
+Augment = Literal["none", "flip", "crop-flip"]
+
+
+@dataclass
+class DataConfig:
+    """Where the labeled, unlabeled and test images come from and how the labels are budgeted."""
+
+    dataset: str = "fashion-mnist"  # built-in name, "folder" or "csv"
+    root: str | None = None  # built-in: data root (default: the packaged location); folder/csv: train path
+    test_root: str | None = None  # folder/csv: test split path (required for those)
+    labels_per_class: int | None = 10  # k labels per class (exactly k; error if a class has fewer)
+    max_per_class: int | None = None  # at most this many per class (all if the class is smaller)
+    label_fraction: float | None = None  # a fraction of each class instead of a count
+    val_per_class: int = 0  # carved out of the labeled images, per class
+    load_size: int | None = None  # folder/csv: images are decoded and resized to this square size
+    on_bad_image: OnBadImage = "fail"
+    download: bool = False  # fashion-mnist: fetch the IDX files with torchvision when online
+    split_seed: int | None = None  # seed of the labeled split; None: the run seed
+
+
+@dataclass
+class ModelConfig:
+    """A model by name: plain names are timm models; `open_clip:NAME/TAG` and `hf:REPO` pick other hubs."""
+
+    name: str = "resnet10t"
+    pretrained: bool = False  # packaged weights where they exist, else the hub (needs a network)
+    checkpoint: str | None = None  # a local weights file (.safetensors or a taskdistill checkpoint)
+    input_size: int | None = None  # square side in pixels; None: the model's pretrained config
+    drop_rate: float | None = None
+    drop_path_rate: float | None = None
+
+
+@dataclass
+class OptimConfig:
+    """One training stage's schedule."""
+
+    epochs: int = 30
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    optimizer: Literal["adamw", "sgd"] = "adamw"
+    warmup_epochs: float = 0.0
+    label_smoothing: float = 0.0
+    augment: Augment = "crop-flip"
+    freeze_bn: bool = False  # keep batch-norm statistics fixed while training
+    min_steps: int = 0  # small labeled sets: at least this many optimizer steps (epochs are repeated)
+
+
+@dataclass
+class TeacherConfig:
+    model: ModelConfig = field(default_factory=lambda: ModelConfig(name="tf_efficientnet_lite2", pretrained=True, input_size=64))
+    mode: TeacherMode = "lp-ft"
+    probe: OptimConfig = field(default_factory=lambda: OptimConfig(epochs=10, lr=1e-2, weight_decay=0.0, augment="none", min_steps=100))
+    train: OptimConfig = field(default_factory=lambda: OptimConfig(
+        epochs=30, lr=1e-4, batch_size=32, weight_decay=0.05, freeze_bn=True))
+
+
+@dataclass
+class TransferConfig:
+    """The unlabeled images the teacher's predictions are distilled over."""
+
+    source: str = "unlabeled"  # "unlabeled": the task's training images minus the labeled ones; or a manifest path
+    max_images: int | None = 20000
+    views: int = 2  # cached teacher views per image (view 0: plain, view 1: mirrored, ...)
+
+
+@dataclass
+class DistillConfig:
+    transfer: TransferConfig = field(default_factory=TransferConfig)
+    temperature: float = 2.0
+    train: OptimConfig = field(default_factory=lambda: OptimConfig(epochs=15, lr=2e-3, batch_size=128, augment="none"))
+    cache_dir: str | None = None  # None: <output_dir>/.cache
+
+
+@dataclass
+class StudentConfig:
+    model: ModelConfig = field(default_factory=lambda: ModelConfig(name="resnet10t", pretrained=False, input_size=32))
+    finetune: OptimConfig = field(default_factory=lambda: OptimConfig(epochs=30, lr=3e-4, batch_size=32, min_steps=100))
+    scratch: OptimConfig = field(default_factory=lambda: OptimConfig(epochs=100, lr=2e-3, batch_size=32, min_steps=300))
+
+
+@dataclass
+class RunConfig:
+    """Everything one `taskdistill run` needs; written into the run folder and every checkpoint."""
+
+    name: str = "default"
+    output_dir: str = "runs"
+    seed: int = 0
+    device: str = "auto"
+    num_threads: int | None = None
+    eval_batch_size: int = 256
+    data: DataConfig = field(default_factory=DataConfig)
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    student: StudentConfig = field(default_factory=StudentConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    baselines: list[str] = field(default_factory=lambda: ["scratch"])

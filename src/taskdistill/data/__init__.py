@@ -1,0 +1,1 @@
+"""Datasets, few-shot splits, views and batches."""

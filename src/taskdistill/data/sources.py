@@ -1,0 +1,208 @@
+"""Dataset specs: built-in `fashion-mnist`, a folder of class subfolders, or a CSV manifest (path,label)."""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from tqdm.auto import tqdm
+
+from taskdistill.data.idx import read_idx
+from taskdistill.data.image_set import ImageSet
+from taskdistill.errors import DataError
+
+FASHION_MNIST_ROOT = "/usr/share/datasets/fashion-mnist"
+FASHION_MNIST_CLASSES = [
+    "t-shirt/top", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "ankle boot",
+]
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+BUILTINS = ("fashion-mnist",)
+
+
+@dataclass
+class TaskData:
+    """The labeled pool (`train`, labels known) and the held-out `test` split."""
+
+    train: ImageSet
+    test: ImageSet
+
+    @property
+    def class_names(self) -> list[str]:
+        return self.train.class_names
+
+
+def _find_idx(root: Path, stem: str) -> Path | None:
+    for candidate in (root / f"{stem}.gz", root / stem, root / "FashionMNIST" / "raw" / stem):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def load_fashion_mnist(root: str | None = None, download: bool = False) -> TaskData:
+    """Fashion-MNIST from IDX files (Debian's `dataset-fashion-mnist` by default), images `[N, 1, 28, 28]`."""
+    base = Path(root or FASHION_MNIST_ROOT)
+    if download:  # the online path: torchvision fetches the same IDX files into `base`
+        from torchvision.datasets import FashionMNIST
+
+        for train in (True, False):
+            FashionMNIST(str(base), train=train, download=True)
+    splits = {}
+    for split, prefix in (("train", "train"), ("test", "t10k")):
+        img_path, lbl_path = _find_idx(base, f"{prefix}-images-idx3-ubyte"), _find_idx(base, f"{prefix}-labels-idx1-ubyte")
+        if img_path is None or lbl_path is None:
+            raise DataError(
+                f"Fashion-MNIST {split} files not found under '{base}'. Install them with "
+                f"`apt-get install dataset-fashion-mnist`, set data.root to a folder holding the IDX files, "
+                f"or set data.download=true when online."
+            )
+        images, labels = read_idx(img_path), read_idx(lbl_path)
+        if images.shape[0] != labels.shape[0]:
+            raise DataError(f"'{img_path}' has {images.shape[0]} images but '{lbl_path}' {labels.shape[0]} labels")
+        splits[split] = ImageSet(
+            images=torch.from_numpy(images.copy()).unsqueeze(1),
+            labels=torch.from_numpy(labels.astype(np.int64)),
+            ids=[f"fashion-mnist/{split}/{i}" for i in range(len(labels))],
+            class_names=list(FASHION_MNIST_CLASSES),
+        )
+    return TaskData(train=splits["train"], test=splits["test"])
+
+
+def decode_image(path: Path, size: int) -> torch.Tensor:
+    """Decode an image file to uint8 `[3, size, size]` (RGB, squashed to a square). Raises OSError/ValueError."""
+    with Image.open(path) as im:
+        im.load()
+        if im.mode in ("RGBA", "LA", "P"):
+            rgba = im.convert("RGBA")
+            bg = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+            im = Image.alpha_composite(bg, rgba)
+        rgb = im.convert("RGB").resize((size, size), Image.Resampling.BICUBIC)
+    return torch.from_numpy(np.asarray(rgb).copy()).permute(2, 0, 1).contiguous()
+
+
+def decode_images(
+    paths: Sequence[Path], labels: Sequence[int], class_names: list[str], size: int,
+    on_bad_image: Literal["fail", "skip"], ids: Sequence[str], desc: str,
+) -> ImageSet:
+    """Decode files into an ImageSet; a bad file fails naming it, or is skipped and listed in `skipped`."""
+    out = torch.empty((len(paths), 3, size, size), dtype=torch.uint8)
+    keep: list[int] = []
+    skipped: list[str] = []
+    for i, path in enumerate(tqdm(paths, desc=desc, unit="img", leave=False, disable=None if len(paths) >= 500 else True)):
+        try:
+            out[i] = decode_image(path, size)
+            keep.append(i)
+        except (OSError, ValueError, UnidentifiedImageError, Image.DecompressionBombError) as e:
+            if on_bad_image == "fail":
+                raise DataError(
+                    f"cannot read image '{path}': {e}. Fix or remove the file, or pass --on-bad-image skip "
+                    f"(--set data.on_bad_image=skip) to leave unreadable images out."
+                ) from None
+            skipped.append(str(path))
+    if not keep:
+        raise DataError(f"no readable images in {desc} ({len(skipped)} unreadable)")
+    idx = torch.tensor(keep, dtype=torch.long)
+    return ImageSet(
+        images=out[idx] if len(keep) < len(paths) else out,
+        labels=torch.tensor([labels[i] for i in keep], dtype=torch.long),
+        ids=[ids[i] for i in keep],
+        class_names=class_names,
+        skipped=skipped,
+    )
+
+
+def _scan_folder(root: Path) -> tuple[list[Path], list[str], list[str]]:
+    if not root.is_dir():
+        raise DataError(f"image folder '{root}' does not exist or is not a folder")
+    class_dirs = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if not class_dirs:
+        raise DataError(f"'{root}' has no class subfolders; expected {root}/<class name>/<image files>")
+    paths: list[Path] = []
+    names: list[str] = []
+    for d in class_dirs:
+        files = sorted(f for f in d.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+        if not files:
+            raise DataError(
+                f"class folder '{d}' holds no images ({', '.join(sorted(IMAGE_SUFFIXES))}); "
+                f"add images or remove the folder"
+            )
+        paths.extend(files)
+        names.extend([d.name] * len(files))
+    return paths, names, [d.name for d in class_dirs]
+
+
+def _read_manifest(path: Path) -> tuple[list[Path], list[str]]:
+    if not path.is_file():
+        raise DataError(f"CSV manifest '{path}' does not exist")
+    with path.open(newline="") as f:
+        reader = csv.DictReader(f)
+        if reader.fieldnames is None or not {"path", "label"} <= set(reader.fieldnames):
+            raise DataError(f"CSV manifest '{path}' needs a header with columns 'path,label', got {reader.fieldnames}")
+        rows = list(reader)
+    if not rows:
+        raise DataError(f"CSV manifest '{path}' lists no images")
+    paths, names = [], []
+    for n, row in enumerate(rows, start=2):
+        if not row["path"] or not row["label"]:
+            raise DataError(f"CSV manifest '{path}' line {n}: empty path or label")
+        p = Path(row["path"])
+        paths.append(p if p.is_absolute() else path.parent / p)
+        names.append(row["label"])
+    missing = [str(p) for p in paths if not p.exists()]
+    if missing:
+        raise DataError(f"CSV manifest '{path}' names {len(missing)} missing file(s), first: '{missing[0]}'")
+    return paths, names
+
+
+def _label_ids(names: list[str], class_names: list[str], where: Path) -> list[int]:
+    index = {c: i for i, c in enumerate(class_names)}
+    unknown = sorted(set(names) - set(index))
+    if unknown:
+        raise DataError(f"'{where}' has classes not in the training data: {unknown[:5]}; the classes are {class_names}")
+    return [index[n] for n in names]
+
+
+def load_files(
+    kind: Literal["folder", "csv"], root: str, test_root: str | None, size: int,
+    on_bad_image: Literal["fail", "skip"] = "fail",
+) -> TaskData:
+    """A folder of class subfolders or a CSV manifest, for train and test; images `[N, 3, size, size]`."""
+    if test_root is None:
+        raise DataError(f"dataset '{kind}' needs a test split: set data.test_root to a {kind} like data.root")
+    sets = []
+    class_names: list[str] = []
+    for split, where in (("train", Path(root)), ("test", Path(test_root))):
+        if kind == "folder":
+            paths, names, found = _scan_folder(where)
+        else:
+            paths, names = _read_manifest(where)
+            found = sorted(set(names))
+        if split == "train":
+            class_names = found
+        labels = _label_ids(names, class_names, where)
+        ids = [str(p) for p in paths]
+        sets.append(decode_images(paths, labels, class_names, size, on_bad_image, ids, desc=f"decode {split}"))
+    return TaskData(train=sets[0], test=sets[1])
+
+
+def load_dataset(
+    dataset: str, root: str | None = None, test_root: str | None = None, load_size: int = 224,
+    on_bad_image: Literal["fail", "skip"] = "fail", download: bool = False,
+) -> TaskData:
+    """Dispatch on the dataset spec name: a built-in name, "folder" or "csv"."""
+    if dataset == "fashion-mnist":
+        return load_fashion_mnist(root, download=download)
+    if dataset in ("folder", "csv"):
+        if root is None:
+            raise DataError(f"dataset '{dataset}' needs data.root (the training {dataset}) and data.test_root")
+        return load_files(dataset, root, test_root, load_size, on_bad_image)
+    import difflib
+
+    close = difflib.get_close_matches(dataset, [*BUILTINS, "folder", "csv"], n=1)
+    hint = f" Did you mean '{close[0]}'?" if close else ""
+    raise DataError(f"unknown dataset '{dataset}'.{hint} Use one of: {', '.join([*BUILTINS, 'folder', 'csv'])}")

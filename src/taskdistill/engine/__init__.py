@@ -1,0 +1,1 @@
+"""The training engine: one loop, batches, evaluation, checkpoints."""

@@ -1,0 +1,107 @@
+"""Self-describing checkpoints: `<stem>.safetensors` (weights) + `<stem>.json` (what the weights are)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from taskdistill.engine.atomic import atomic_path, write_json
+from taskdistill.errors import CheckpointError
+from taskdistill.models.base import Preprocess
+from taskdistill.models.registry import ModelSpec, rebuild_model
+from taskdistill.version import __version__
+
+FORMAT = "taskdistill-checkpoint/1"
+
+
+def _stem(path: str | Path) -> Path:
+    p = Path(path)
+    return p.with_suffix("") if p.suffix in (".safetensors", ".json") else p
+
+
+def save_checkpoint(path: str | Path, model: nn.Module, class_names: list[str], stage: str,
+                    config: dict[str, Any] | None = None, extra: dict[str, Any] | None = None) -> Path:
+    """Write weights and metadata (model spec, classes, preprocessing, stage, config, version) atomically.
+
+    Returns the `.safetensors` path. The JSON is written last, so a checkpoint with a JSON is complete.
+    """
+    stem = _stem(path)
+    spec: ModelSpec = model.spec
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    meta = {
+        "format": FORMAT,
+        "taskdistill_version": __version__,
+        "stage": stage,
+        "model": spec.to_dict(),
+        "class_names": list(class_names),
+        "preprocess": model.preprocess.to_dict(),
+        "config": config or {},
+        **(extra or {}),
+    }
+    weights = stem.with_suffix(".safetensors")
+    with atomic_path(weights) as tmp:
+        save_file(state, str(tmp), metadata={"format": FORMAT, "model": spec.name})
+    write_json(stem.with_suffix(".json"), meta)
+    return weights
+
+
+def read_meta(path: str | Path) -> dict[str, Any]:
+    stem = _stem(path)
+    meta_path = stem.with_suffix(".json")
+    if not meta_path.is_file():
+        raise CheckpointError(f"checkpoint '{stem}' has no metadata file '{meta_path}'; is it a taskdistill checkpoint?")
+    meta = json.loads(meta_path.read_text())
+    if meta.get("format") != FORMAT:
+        raise CheckpointError(f"'{meta_path}' is not a {FORMAT} file (format={meta.get('format')!r})")
+    return meta
+
+
+def _read_state(path: Path) -> dict[str, torch.Tensor]:
+    if not path.is_file():
+        raise CheckpointError(f"weights file '{path}' does not exist")
+    if path.suffix == ".safetensors":
+        return load_file(str(path))
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unpickling failure is the user's file
+        raise CheckpointError(f"cannot read weights file '{path}': {e}") from None
+    if isinstance(state, dict) and "state_dict" in state:
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise CheckpointError(f"'{path}' does not hold a state dict")
+    return state
+
+
+def load_weights_into(model: nn.Module, path: str | Path) -> None:
+    """Load a `.safetensors` / `.pt` state dict (or a taskdistill checkpoint stem) into `model`, strictly."""
+    p = Path(path)
+    weights = _stem(p).with_suffix(".safetensors") if p.suffix in ("", ".json") else p
+    state = _read_state(weights)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise CheckpointError(f"weights in '{weights}' do not fit model '{model.spec.name}': {str(e)[:500]}") from None
+
+
+def load_checkpoint(path: str | Path, expect_classes: list[str] | None = None) -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild the model a checkpoint describes and load its weights (no pickle: safetensors only).
+
+    `expect_classes`: the data's class names; a checkpoint trained on other classes is an error.
+    """
+    meta = read_meta(path)
+    if expect_classes is not None and list(meta["class_names"]) != list(expect_classes):
+        raise CheckpointError(
+            f"checkpoint '{_stem(path)}' was trained on classes {meta['class_names']}, but the data has "
+            f"{list(expect_classes)}. Use a checkpoint trained on this dataset, or point the data at the same classes."
+        )
+    spec = ModelSpec.from_dict(meta["model"])
+    model = rebuild_model(spec)
+    model.preprocess = Preprocess.from_dict(meta["preprocess"])
+    load_weights_into(model, _stem(path).with_suffix(".safetensors"))
+    model.eval()
+    return model, meta

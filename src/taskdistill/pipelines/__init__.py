@@ -1,0 +1,1 @@
+"""Stage chains per method."""

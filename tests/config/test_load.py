@@ -1,0 +1,67 @@
+import pytest
+
+from taskdistill.config import RunConfig, dump_yaml, load_config
+from taskdistill.config.load import from_dict
+from taskdistill.errors import ConfigError
+
+
+def test_defaults_match_the_shipped_default_yaml():
+    from taskdistill.cli.common import shipped_configs
+
+    assert load_config(RunConfig, shipped_configs()["default"]) == RunConfig()
+
+
+def test_yaml_then_overrides_merge_and_keep_other_defaults(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("name: x\nteacher:\n  model: {input_size: 128}\ndistill: {temperature: 3}\n")
+    cfg = load_config(RunConfig, f, ["distill.temperature=5", "student.model.name=mobilevitv2_050", "baselines=scratch"])
+    assert cfg.name == "x"
+    assert cfg.teacher.model.input_size == 128
+    assert cfg.teacher.model.name == "tf_efficientnet_lite2"  # not given: kept from the section's default
+    assert cfg.distill.temperature == 5.0 and isinstance(cfg.distill.temperature, float)
+    assert cfg.student.model.name == "mobilevitv2_050"
+    assert cfg.baselines == ["scratch"]
+
+
+def test_null_override_clears_optional_value():
+    cfg = load_config(RunConfig, None, ["data.labels_per_class=null", "data.max_per_class=3"])
+    assert cfg.data.labels_per_class is None and cfg.data.max_per_class == 3
+
+
+@pytest.mark.parametrize(
+    ("override", "fragment"),
+    [
+        ("distill.temperatur=3", "Did you mean 'temperature'"),
+        ("techer.mode=finetune", "Did you mean 'teacher'"),
+        ("teacher.mode=fine-tune", "not one of"),
+        ("seed=abc", "expected an integer"),
+        ("teacher.model.pretrained=maybe", "expected true or false"),
+        ("distill", "must look like key.sub=value"),
+    ],
+)
+def test_bad_overrides_name_the_key_and_the_fix(override, fragment):
+    with pytest.raises(ConfigError, match=fragment):
+        load_config(RunConfig, None, [override])
+
+
+def test_unknown_yaml_key_is_named_with_its_path(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("data:\n  labels_per_klass: 5\n")
+    with pytest.raises(ConfigError, match=r"data\.labels_per_klass.*Did you mean 'labels_per_class'"):
+        load_config(RunConfig, f)
+
+
+def test_missing_and_malformed_files(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(RunConfig, tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("a: [1, 2\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(RunConfig, bad)
+
+
+def test_dump_round_trips():
+    import yaml
+
+    cfg = load_config(RunConfig, None, ["seed=3", "distill.transfer.views=4"])
+    assert from_dict(RunConfig, yaml.safe_load(dump_yaml(cfg))) == cfg

@@ -1,0 +1,85 @@
+"""End to end on tiny synthetic folders: every stage, the run folder, resume/force, bad inputs."""
+
+import json
+
+import pytest
+
+from taskdistill.cli.main import main
+from taskdistill.config import RunConfig, load_config
+from taskdistill.engine.checkpoint import load_checkpoint
+from taskdistill.errors import RunFolderError
+from taskdistill.pipelines.task_oriented import run_task_oriented
+from tests.conftest import tiny_overrides
+
+
+def cfg_for(shapes_dataset, tmp_path, *extra):
+    train, test = shapes_dataset
+    return load_config(RunConfig, None, tiny_overrides(train, test, tmp_path / "runs") + list(extra))
+
+
+def test_full_run_writes_a_self_describing_folder(shapes_dataset, tmp_path):
+    cfg = cfg_for(shapes_dataset, tmp_path)
+    result = run_task_oriented(cfg)
+    run = tmp_path / "runs" / "tiny"
+    for f in ("config.yaml", "run.json", "metrics.json", "report.md", "log.txt"):
+        assert (run / f).is_file(), f
+    state = json.loads((run / "run.json").read_text())
+    assert state["status"] == "complete"
+    assert set(state["stages"]) == {"teacher", "student_distilled", "student", "scratch"}
+    for stage in state["stages"]:
+        model, meta = load_checkpoint(run / "checkpoints" / stage, expect_classes=["bars", "circle", "cross"])
+        assert meta["stage"] == stage and meta["config"]["name"] == "tiny"
+    metrics = json.loads((run / "metrics.json").read_text())
+    distill = metrics["stages"]["student_distilled"]
+    assert distill["transfer_images"] == 40 - 0 and distill["teacher_images"] == 80  # 40 images x 2 views
+    assert [r["stage"] for r in result.rows] == ["teacher", "student_distilled", "student", "scratch"]
+    assert "student after transfer" in (run / "report.md").read_text()
+    assert not list(run.rglob("*.tmp"))
+
+
+def test_existing_folder_needs_resume_or_force_and_resume_skips_finished_stages(shapes_dataset, tmp_path):
+    cfg = cfg_for(shapes_dataset, tmp_path)
+    run_task_oriented(cfg)
+    with pytest.raises(RunFolderError, match="--resume.*--force"):
+        run_task_oriented(cfg)
+    run = tmp_path / "runs" / "tiny"
+    before = (run / "checkpoints" / "student.safetensors").stat().st_mtime_ns
+    run_task_oriented(cfg, mode="resume")
+    assert (run / "checkpoints" / "student.safetensors").stat().st_mtime_ns == before
+    assert "finished earlier" in (run / "log.txt").read_text()
+    run_task_oriented(cfg, mode="force")
+    assert (run / "checkpoints" / "student.safetensors").stat().st_mtime_ns != before
+
+
+def test_second_run_reuses_the_teacher_output_cache(shapes_dataset, tmp_path):
+    run_task_oriented(cfg_for(shapes_dataset, tmp_path))
+    result = run_task_oriented(cfg_for(shapes_dataset, tmp_path, "name=again", "student.model.input_size=12"))
+    info = json.loads((result.path / "metrics.json").read_text())["stages"]["student_distilled"]
+    # The teacher finetune is deterministic on CPU, so the same teacher hits the same cache entry.
+    assert info["cache"]["hit"] and info["teacher_images"] == 0
+
+
+def test_bad_input_leaves_no_run_folder(shapes_dataset, tmp_path, capsys):
+    train, test = shapes_dataset
+    args = ["run"] + [a for o in tiny_overrides(train, test, tmp_path / "runs") for a in ("--set", o)]
+    assert main(args + ["--set", "data.labels_per_class=31"]) == 2
+    assert "fewer than data.labels_per_class=31" in capsys.readouterr().err
+    assert main(args + ["--set", "student.model.name=resnet10" + "x"]) == 2
+    assert "unknown model 'resnet10x'" in capsys.readouterr().err
+    assert main(args + ["--set", "data.root=" + str(tmp_path / "missing")]) == 2
+    assert not (tmp_path / "runs" / "tiny").exists()
+
+
+def test_stage_verbs_in_order_equal_a_run(shapes_dataset, tmp_path):
+    train, test = shapes_dataset
+    sets = [a for o in tiny_overrides(train, test, tmp_path / "runs") for a in ("--set", o)]
+    assert main(["distill", *sets]) == 2  # no teacher yet: a clear error
+    assert main(["teacher-finetune", *sets]) == 0
+    assert main(["distill", *sets]) == 0
+    assert main(["finetune", *sets]) == 0
+    state = json.loads((tmp_path / "runs" / "tiny" / "run.json").read_text())
+    assert {"teacher", "student_distilled", "student"} <= set(state["stages"])
+    ck = tmp_path / "runs" / "tiny" / "checkpoints" / "student"
+    assert main(["evaluate", str(ck), *sets]) == 0
+    img = sorted(test.rglob("*.png"))[0]
+    assert main(["predict", str(ck), str(img), "--json"]) == 0
