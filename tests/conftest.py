@@ -8,6 +8,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from taskdistill.engine.device import set_threads
+
+set_threads(None)  # as the CLI does: torch's implicit default is several times slower here
+
 CLASSES = ("bars", "circle", "cross")
 
 

@@ -1,5 +1,37 @@
-"""taskdistill: turn a large vision foundation model into a small, fast, task-specific model."""
+"""taskdistill: turn a large vision foundation model into a small, fast, task-specific model.
+
+The Python API mirrors the CLI:
+
+    from taskdistill import RunConfig, load_config, run_task_oriented, run_sweep
+    cfg = load_config(RunConfig, "my.yaml", ["distill.temperature=4"])
+    result = run_task_oriented(cfg)          # taskdistill run my.yaml --set distill.temperature=4
+"""
 
 from taskdistill.version import __version__
 
-__all__ = ["__version__"]
+__all__ = ["RunConfig", "__version__", "create_model", "create_student", "create_teacher", "load_checkpoint",
+           "load_config", "run_sweep", "run_task_oriented"]
+
+
+def __getattr__(name: str):  # lazy, so `import taskdistill` stays cheap
+    if name in ("RunConfig", "load_config"):
+        from taskdistill import config
+
+        return getattr(config, name)
+    if name in ("create_model", "create_student", "create_teacher"):
+        from taskdistill import models
+
+        return getattr(models, name)
+    if name == "load_checkpoint":
+        from taskdistill.engine.checkpoint import load_checkpoint
+
+        return load_checkpoint
+    if name == "run_task_oriented":
+        from taskdistill.pipelines.task_oriented import run_task_oriented
+
+        return run_task_oriented
+    if name == "run_sweep":
+        from taskdistill.pipelines.sweep import run_sweep
+
+        return run_sweep
+    raise AttributeError(name)

@@ -83,3 +83,12 @@ def test_stage_verbs_in_order_equal_a_run(shapes_dataset, tmp_path):
     assert main(["evaluate", str(ck), *sets]) == 0
     img = sorted(test.rglob("*.png"))[0]
     assert main(["predict", str(ck), str(img), "--json"]) == 0
+
+
+def test_validation_split_is_carved_from_the_labels_and_evaluated(shapes_dataset, tmp_path):
+    cfg = cfg_for(shapes_dataset, tmp_path, "data.val_per_class=1", "baselines=[]")
+    result = run_task_oriented(cfg)
+    metrics = json.loads((result.path / "metrics.json").read_text())
+    assert metrics["data"]["labeled"] == 9 and metrics["data"]["val"] == 3
+    assert metrics["stages"]["student"]["val"]["num_images"] == 3
+    assert "scratch" not in metrics["stages"]

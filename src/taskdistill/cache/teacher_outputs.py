@@ -11,6 +11,7 @@ import hashlib
 import json
 import time
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -23,6 +24,7 @@ from taskdistill.engine.atomic import atomic_path, write_json
 from taskdistill.engine.batches import EpochSampler
 
 CACHE_FORMAT = "teacher-outputs/1"
+OutputKind = Literal["logits", "features"]
 
 
 def weights_hash(model: nn.Module) -> str:
@@ -35,9 +37,10 @@ def weights_hash(model: nn.Module) -> str:
     return h.hexdigest()
 
 
-def cache_key(teacher: nn.Module, transfer: ImageSet, num_views: int, view_seed: int) -> str:
+def cache_key(teacher: nn.Module, transfer: ImageSet, num_views: int, view_seed: int, kind: OutputKind = "logits") -> str:
     parts = {
         "format": CACHE_FORMAT,
+        "kind": kind,
         "weights": weights_hash(teacher),
         "transfer": transfer.content_hash(),
         "preprocess": teacher.preprocess.to_dict(),
@@ -49,17 +52,23 @@ def cache_key(teacher: nn.Module, transfer: ImageSet, num_views: int, view_seed:
 
 @torch.inference_mode()
 def compute_teacher_logits(teacher: nn.Module, transfer: ImageSet, num_views: int, view_seed: int,
-                           batch_size: int = 256, device: torch.device | str = "cpu") -> torch.Tensor:
-    """Teacher logits for every view of every transfer image: `[N, V, K]` float32."""
+                           batch_size: int = 256, device: torch.device | str = "cpu",
+                           kind: OutputKind = "logits") -> torch.Tensor:
+    """Teacher outputs for every view of every transfer image: `[N, V, K]` logits, or `[N, V, D]` pooled
+    features (`kind="features"`, the input of the classifier), float32."""
     teacher.eval()
     n = len(transfer)
     sampler = EpochSampler(n, batch_size, shuffle=False)
     out: torch.Tensor | None = None
-    bar = tqdm(total=n * num_views, desc="teacher outputs", unit="img", leave=False, mininterval=1.0, disable=None)
+    bar = tqdm(total=n * num_views, desc=f"teacher {kind}", unit="img", leave=False, mininterval=1.0, disable=None)
     for v in range(num_views):
         for idx in sampler:
             views = replay_views(idx, torch.full_like(idx, v), view_seed)
-            logits = teacher(model_input(transfer.images[idx].to(device), teacher.preprocess, views)).float().cpu()
+            x = model_input(transfer.images[idx].to(device), teacher.preprocess, views)
+            if kind == "features":
+                logits = teacher.forward_head(teacher.forward_features(x), pre_logits=True).float().cpu()
+            else:
+                logits = teacher(x).float().cpu()
             if out is None:
                 out = torch.empty((n, num_views, logits.shape[1]), dtype=torch.float32)
             out[idx, v] = logits
@@ -70,12 +79,13 @@ def compute_teacher_logits(teacher: nn.Module, transfer: ImageSet, num_views: in
 
 
 def cached_teacher_logits(teacher: nn.Module, transfer: ImageSet, num_views: int, view_seed: int, cache_dir: str | Path,
-                          batch_size: int = 256, device: torch.device | str = "cpu") -> tuple[torch.Tensor, dict]:
-    """Load the teacher's `[N, V, K]` outputs from the cache, or compute and store them.
+                          batch_size: int = 256, device: torch.device | str = "cpu",
+                          kind: OutputKind = "logits") -> tuple[torch.Tensor, dict]:
+    """Load the teacher's `[N, V, K]` outputs (or `[N, V, D]` features) from the cache, or compute and store them.
 
     Returns the logits and an info dict: `key`, `hit` (bool), `seconds`, `teacher_images` (forward passes).
     """
-    key = cache_key(teacher, transfer, num_views, view_seed)
+    key = cache_key(teacher, transfer, num_views, view_seed, kind)
     folder = Path(cache_dir) / "teacher_outputs"
     data_path, meta_path = folder / f"{key}.npy", folder / f"{key}.json"
     if data_path.is_file() and meta_path.is_file():
@@ -84,13 +94,13 @@ def cached_teacher_logits(teacher: nn.Module, transfer: ImageSet, num_views: int
             return torch.from_numpy(np.asarray(arr, dtype=np.float32)), {
                 "key": key, "hit": True, "seconds": 0.0, "teacher_images": 0, "path": str(data_path)}
     start = time.perf_counter()
-    logits = compute_teacher_logits(teacher, transfer, num_views, view_seed, batch_size, device)
+    logits = compute_teacher_logits(teacher, transfer, num_views, view_seed, batch_size, device, kind)
     seconds = time.perf_counter() - start
     with atomic_path(data_path) as tmp:
         with open(tmp, "wb") as f:
             np.save(f, logits.numpy().astype(np.float16))
     write_json(meta_path, {"format": CACHE_FORMAT, "key": key, "shape": list(logits.shape),
-                           "teacher": teacher.spec.to_dict(), "num_views": num_views, "seconds": seconds})
+                           "teacher": teacher.spec.to_dict(), "kind": kind, "num_views": num_views, "seconds": seconds})
     # Hand back what a later hit would read, so both paths train on identical (float16-rounded) targets.
     logits = logits.half().float()
     return logits, {"key": key, "hit": False, "seconds": seconds, "teacher_images": len(transfer) * num_views,

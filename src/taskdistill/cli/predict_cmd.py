@@ -22,9 +22,11 @@ def predict(args: argparse.Namespace) -> int:
 
     from taskdistill.data.sources import decode_image
     from taskdistill.engine.checkpoint import load_checkpoint
+    from taskdistill.engine.device import set_threads
     from taskdistill.engine.evaluate import predict_logits
     from taskdistill.errors import DataError
 
+    set_threads(None)
     model, meta = load_checkpoint(args.checkpoint)
     names = meta["class_names"]
     size = meta["preprocess"]["input_size"]

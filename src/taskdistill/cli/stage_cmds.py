@@ -49,15 +49,14 @@ def _stage_verb(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from taskdistill.engine.checkpoint import load_checkpoint
-    from taskdistill.engine.device import resolve_device
+    from taskdistill.engine.checkpoint import load_checkpoint, read_meta
+    from taskdistill.engine.device import resolve_device, set_threads
     from taskdistill.pipelines.prepare import load_task_data
     from taskdistill.pipelines.stages import evaluate_model
 
     cfg = config_from_args(args)
+    set_threads(cfg.num_threads)
     device = resolve_device(cfg.device)
-    from taskdistill.engine.checkpoint import read_meta
-
     meta = read_meta(args.checkpoint)
     data = load_task_data(cfg.data, cfg.data.load_size or meta["preprocess"]["input_size"])
     model, _ = load_checkpoint(args.checkpoint, expect_classes=data.class_names)

@@ -77,14 +77,25 @@ class TransferConfig:
 class DistillConfig:
     transfer: TransferConfig = field(default_factory=TransferConfig)
     temperature: float = 2.0
-    train: OptimConfig = field(default_factory=lambda: OptimConfig(epochs=15, lr=2e-3, batch_size=128, augment="none"))
+    train: OptimConfig = field(default_factory=lambda: OptimConfig(epochs=8, lr=2e-3, batch_size=128, augment="none"))
     cache_dir: str | None = None  # None: <output_dir>/.cache
+
+
+@dataclass
+class FeatureDistillConfig:
+    """Task-agnostic baseline: match the frozen (not finetuned) teacher's pooled features through a projector."""
+
+    loss: Literal["cosine", "contrastive", "cosine+contrastive"] = "cosine"
+    contrastive_temperature: float = 0.1
+    projector_hidden: int | None = None  # None: max(student, teacher) width; 0: a single linear map
+    train: OptimConfig = field(default_factory=lambda: OptimConfig(epochs=8, lr=2e-3, batch_size=128, augment="none"))
 
 
 @dataclass
 class StudentConfig:
     model: ModelConfig = field(default_factory=lambda: ModelConfig(name="resnet10t", pretrained=False, input_size=32))
-    finetune: OptimConfig = field(default_factory=lambda: OptimConfig(epochs=30, lr=3e-4, batch_size=32, min_steps=100))
+    finetune: OptimConfig = field(default_factory=lambda: OptimConfig(
+        epochs=30, lr=1e-4, batch_size=32, min_steps=100, freeze_bn=True))
     scratch: OptimConfig = field(default_factory=lambda: OptimConfig(epochs=100, lr=2e-3, batch_size=32, min_steps=300))
 
 
@@ -102,4 +113,5 @@ class RunConfig:
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     student: StudentConfig = field(default_factory=StudentConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
+    feature_distill: FeatureDistillConfig = field(default_factory=FeatureDistillConfig)
     baselines: list[str] = field(default_factory=lambda: ["scratch"])

@@ -126,7 +126,3 @@ def create_teacher(name: str, num_classes: int, pretrained: bool = True, **kwarg
 def create_student(name: str, num_classes: int, pretrained: bool = False, **kwargs: Any) -> nn.Module:
     """A student: by default trained from scratch."""
     return create_model(name, num_classes, pretrained=pretrained, **kwargs)
-
-
-def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
-    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)

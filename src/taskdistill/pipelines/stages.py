@@ -17,9 +17,10 @@ from taskdistill.cache.teacher_outputs import cached_teacher_logits
 from taskdistill.config.schema import DistillConfig, ModelConfig, OptimConfig, TeacherConfig
 from taskdistill.data.image_set import ImageSet
 from taskdistill.engine.batches import ImageBatches, ViewBatches
+from taskdistill.engine.compute import count_parameters
 from taskdistill.engine.evaluate import evaluate
 from taskdistill.engine.loop import FitResult, Schedule, fit
-from taskdistill.models.registry import count_parameters, create_model
+from taskdistill.models.registry import create_model
 from taskdistill.tasks import DistillTask, SupervisedTask
 from taskdistill.tasks.linear_probe import FeatureBatches, LinearProbeTask, pooled_features
 

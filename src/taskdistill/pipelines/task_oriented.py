@@ -20,9 +20,9 @@ from taskdistill.config.load import dump_yaml, to_dict
 from taskdistill.config.schema import RunConfig
 from taskdistill.engine.atomic import write_json, write_text
 from taskdistill.engine.checkpoint import load_checkpoint, save_checkpoint
+from taskdistill.engine.compute import count_parameters
 from taskdistill.engine.device import resolve_device, set_threads
 from taskdistill.errors import ConfigError, RunFolderError
-from taskdistill.models.registry import count_parameters
 from taskdistill.pipelines.prepare import PreparedData, prepare_data
 from taskdistill.pipelines.run_folder import Mode, RunFolder
 from taskdistill.pipelines.stages import build_model, distill, evaluate_model, supervised, train_teacher
@@ -64,6 +64,8 @@ class _Runner:
         info["seconds_total"] = round(time.perf_counter() - start, 2)
         save_checkpoint(ckpt, model, self.data.class_names, stage=name, config=to_dict(self.cfg))
         info["test"] = evaluate_model(model, self.data.test, self.device, self.cfg.eval_batch_size, f"evaluate {name}")
+        if self.data.val is not None:
+            info["val"] = evaluate_model(model, self.data.val, self.device, self.cfg.eval_batch_size, f"val {name}")
         info["params"] = count_parameters(model)
         self.folder.finish_stage(name, info)
         m = info["test"]

@@ -1,0 +1,267 @@
+"""Sweep report: results files, a method x budget table, two plots and a self-contained HTML page.
+
+A record is one finished cell of a label-budget sweep (a flat dict with at least `method`, `budget` and
+the metric, usually also `seed` and `seconds`). Metrics are fractions in [0, 1] and are shown in percent.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import io
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from taskdistill.engine.atomic import atomic_path, write_text
+from taskdistill.report.markdown import markdown_table
+
+Groups = dict[str, dict[int, list[float]]]
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "h", "<", ">")
+
+
+# ---- number formatting (the only place numbers become text) -------------------------------------
+def _pct(x: float) -> str:
+    return f"{100 * x:.2f}"
+
+
+def _cell(values: Sequence[float], show_n: bool) -> str:
+    """`mean ± sample std` in percent; a single value has no std; `(n=k)` when cells differ in size."""
+    mean, std = _mean_std(values)
+    text = _pct(mean) if len(values) == 1 else f"{_pct(mean)} ± {_pct(std)}"
+    return f"{text} (n={len(values)})" if show_n else text
+
+
+def _secs(x: float | None) -> str:
+    return "–" if x is None else f"{x:.1f}"
+
+
+def _metric_name(metric: str) -> str:
+    return {"top1": "top-1 accuracy", "macro_accuracy": "macro accuracy"}.get(metric, metric)
+
+
+# ---- records --------------------------------------------------------------------------------------
+def _mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample std (ddof=1); std is 0 for a single value."""
+    arr = np.asarray(values, dtype=float)
+    return float(arr.mean()), float(arr.std(ddof=1)) if arr.size > 1 else 0.0
+
+
+def _group(records: Sequence[dict[str, Any]], metric: str) -> Groups:
+    """{method: {budget: [metric per seed]}}, methods in first-seen order; clear ValueErrors on bad input."""
+    if not records:
+        raise ValueError("no sweep records to report: the sweep has not finished any cell yet")
+    groups: Groups = {}
+    for i, r in enumerate(records):
+        missing = [k for k in ("method", "budget", metric) if r.get(k) is None]
+        if missing:
+            numeric = sorted(k for k, v in r.items() if isinstance(v, (int, float)) and not isinstance(v, bool))
+            raise ValueError(f"record {i} (method={r.get('method')!r}, budget={r.get('budget')!r}, "
+                             f"seed={r.get('seed')!r}) has no {', '.join(map(repr, missing))}; "
+                             f"numeric keys it does have: {numeric}")
+        groups.setdefault(str(r["method"]), {}).setdefault(int(r["budget"]), []).append(float(r[metric]))
+    return groups
+
+
+def _budgets(groups: Groups) -> list[int]:
+    return sorted({b for per_budget in groups.values() for b in per_budget})
+
+
+def _mean_seconds(records: Sequence[dict[str, Any]], method: str, budget: int | None = None) -> float | None:
+    secs = [float(r["seconds"]) for r in records if str(r.get("method")) == method and r.get("seconds") is not None
+            and (budget is None or int(r["budget"]) == budget)]
+    return float(np.mean(secs)) if secs else None
+
+
+def _flatten(record: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in record.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = json.dumps(v) if isinstance(v, (list, tuple)) else v
+    return out
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"cannot store {type(o).__name__} in results.json")
+
+
+def write_results(records: list[dict[str, Any]], folder: Path) -> None:
+    """Write `results.json` (the list as is) and `results.csv` (nested dicts flattened to `a.b` columns)."""
+    folder = Path(folder)
+    write_text(folder / "results.json", json.dumps(records, indent=2, default=_json_default) + "\n")
+    rows = [_flatten(r) for r in records]
+    columns = list(dict.fromkeys(k for row in rows for k in row))
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text(folder / "results.csv", buf.getvalue())
+
+
+def load_results(folder_or_file: Path) -> list[dict[str, Any]]:
+    """Read the records from `results.json` (give the file or the folder holding it)."""
+    path = Path(folder_or_file)
+    if path.is_dir():
+        path = path / "results.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"no sweep results at {path}")
+    data = json.loads(path.read_text())
+    if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
+        raise ValueError(f"{path} should hold a JSON list of result records (objects)")
+    return data
+
+
+# ---- table ----------------------------------------------------------------------------------------
+def _table(records: Sequence[dict[str, Any]], metric: str) -> tuple[list[str], list[list[tuple[str, bool]]]]:
+    """Headers and rows of (text, bold) cells, shared by the markdown and HTML renderings."""
+    groups = _group(records, metric)
+    budgets = _budgets(groups)
+    show_n = len({len(v) for per_budget in groups.values() for v in per_budget.values()}) > 1
+    best = {b: max(round(100 * _mean_std(g[b])[0], 2) for g in groups.values() if b in g) for b in budgets}
+    rows = []
+    for method, per_budget in groups.items():
+        row = [(method, False)]
+        for b in budgets:
+            v = per_budget.get(b)
+            row.append(("–", False) if v is None else (_cell(v, show_n), round(100 * _mean_std(v)[0], 2) == best[b]))
+        row.append((_secs(_mean_seconds(records, method)), False))
+        rows.append(row)
+    headers = ["method"] + [f"{b} labels/class" for b in budgets] + ["mean wall time (s)"]
+    return headers, rows
+
+
+def summary_table(records: Sequence[dict[str, Any]], metric: str = "top1") -> str:
+    """Markdown table: methods x budgets, `mean ± std` of `metric` in %, best mean per budget in bold."""
+    headers, rows = _table(records, metric)
+    return markdown_table(headers, [[f"**{t}**" if bold else t for t, bold in row] for row in rows])
+
+
+def _html_table(records: Sequence[dict[str, Any]], metric: str) -> str:
+    headers, rows = _table(records, metric)
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
+    body = "".join("<tr>" + "".join(
+        f"<td><strong>{html.escape(t)}</strong></td>" if bold else f"<td>{html.escape(t)}</td>" for t, bold in row
+    ) + "</tr>\n" for row in rows)
+    return f"<table>\n<thead><tr>{head}</tr></thead>\n<tbody>\n{body}</tbody>\n</table>"
+
+
+# ---- plots ----------------------------------------------------------------------------------------
+def _new_axes(title: str) -> tuple[Any, Any]:
+    """A Figure with an Agg canvas (pyplot and the global backend are left alone) and its axes."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(8, 5), dpi=120, layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    ax.set_title(title)
+    ax.grid(True, which="major", alpha=0.35)
+    return fig, ax
+
+
+def _log_if_wide(ax: Any, values: Sequence[float]) -> None:
+    if min(values) > 0 and max(values) / min(values) > 10:
+        ax.set_xscale("log")
+
+
+def _save(fig: Any, ax: Any, path: Path, legend_title: str = "method") -> None:
+    ax.legend(title=legend_title, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+
+
+def plot_accuracy_vs_labels(records: Sequence[dict[str, Any]], path: Path, metric: str = "top1") -> None:
+    """PNG: `metric` (%) against labels per class, one line per method with sample-std error bars."""
+    groups = _group(records, metric)
+    budgets = _budgets(groups)
+    fig, ax = _new_axes(f"{_metric_name(metric)} vs labels per class (mean ± std over seeds)")
+    for i, (method, per_budget) in enumerate(groups.items()):
+        xs = sorted(per_budget)
+        stats = [_mean_std(per_budget[b]) for b in xs]
+        ax.errorbar(xs, [100 * m for m, _ in stats], yerr=[100 * s for _, s in stats], label=method,
+                    marker=MARKERS[i % len(MARKERS)], capsize=4, linewidth=1.8)
+    _log_if_wide(ax, budgets)
+    ax.set_xticks(budgets, labels=[str(b) for b in budgets])
+    ax.minorticks_off()
+    ax.set_xlabel("labels per class")
+    ax.set_ylabel(f"{_metric_name(metric)} (%)")
+    _save(fig, ax, Path(path))
+
+
+def plot_accuracy_vs_compute(records: Sequence[dict[str, Any]], path: Path, metric: str = "top1") -> None:
+    """PNG: `metric` (%) against mean wall-clock seconds per run; one marker per method, points labelled by budget.
+
+    Wall time is the one compute measure every cell records end to end (teacher, distillation, finetune).
+    """
+    groups = _group(records, metric)
+    fig, ax = _new_axes(f"{_metric_name(metric)} vs training time (mean ± std over seeds)")
+    all_x: list[float] = []
+    for i, (method, per_budget) in enumerate(groups.items()):
+        pts = [(s, *_mean_std(per_budget[b]), b) for b in sorted(per_budget)
+               if (s := _mean_seconds(records, method, b)) is not None]
+        if not pts:
+            continue
+        all_x += [p[0] for p in pts]
+        ax.errorbar([p[0] for p in pts], [100 * p[1] for p in pts], yerr=[100 * p[2] for p in pts], label=method,
+                    marker=MARKERS[i % len(MARKERS)], markersize=8, capsize=4, linestyle=":", linewidth=1)
+        for x, m, _, b in pts:
+            ax.annotate(str(b), (x, 100 * m), textcoords="offset points", xytext=(8, -3), ha="left", va="top",
+                        fontsize=9, bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.8})
+    if not all_x:
+        raise ValueError("no record has `seconds`: cannot plot accuracy against training time")
+    _log_if_wide(ax, all_x)
+    ax.margins(x=0.1)  # room for the budget labels right of the last points
+    ax.set_xlabel("wall-clock training time per run (s, mean over seeds)")
+    ax.set_ylabel(f"{_metric_name(metric)} (%)")
+    _save(fig, ax, Path(path), legend_title="method\n(point labels:\nlabels per class)")
+
+
+# ---- report ---------------------------------------------------------------------------------------
+_CSS = """body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;max-width:1000px;margin:2em auto;
+padding:0 1em;color:#222}table{border-collapse:collapse;margin:1em 0}th,td{border:1px solid #ccc;
+padding:.35em .7em;text-align:right}th:first-child,td:first-child{text-align:left}thead{background:#f3f3f3}
+img{max-width:100%;border:1px solid #eee;margin:.5em 0}.note{color:#666;font-size:.9em}"""
+
+
+def write_sweep_report(records: list[dict[str, Any]], folder: Path, title: str,
+                       metric: str = "top1") -> dict[str, Path]:
+    """Write results.json/.csv, the two PNGs, report.md and a self-contained report.html; return their paths."""
+    folder = Path(folder)
+    table = summary_table(records, metric)  # validates before anything is written
+    write_results(records, folder)
+    paths = {"results_json": folder / "results.json", "results_csv": folder / "results.csv",
+             "accuracy_vs_labels": folder / "accuracy_vs_labels.png"}
+    plot_accuracy_vs_labels(records, paths["accuracy_vs_labels"], metric)
+    if any(r.get("seconds") is not None for r in records):
+        paths["accuracy_vs_compute"] = folder / "accuracy_vs_compute.png"
+        plot_accuracy_vs_compute(records, paths["accuracy_vs_compute"], metric)
+    seeds = {r.get("seed") for r in records}
+    note = (f"Cells: `{metric}` in %, mean ± sample std (ddof=1) over seeds ({len(seeds)} distinct); "
+            "best mean per budget in bold. Wall time: mean `seconds` per run of the method.")
+    pngs = [(k, p) for k, p in paths.items() if p.suffix == ".png"]
+    md = [f"# {title}", "", note, "", table, ""] + [f"![{k}]({p.name})\n" for k, p in pngs]
+    paths["report_md"] = folder / "report.md"
+    write_text(paths["report_md"], "\n".join(md))
+    imgs = "".join(f'<h2>{html.escape(k.replace("_", " "))}</h2>\n<img alt="{k}" src="data:image/png;base64,'
+                   f'{base64.b64encode(p.read_bytes()).decode("ascii")}">\n' for k, p in pngs)
+    page = (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
+            f"<style>{_CSS}</style></head>\n<body>\n<h1>{html.escape(title)}</h1>\n"
+            f'<p class="note">{html.escape(note).replace("`", "")}</p>\n{_html_table(records, metric)}\n'
+            f"{imgs}</body></html>\n")
+    paths["report_html"] = folder / "report.html"
+    write_text(paths["report_html"], page)
+    return paths
+
+
+__all__ = ["load_results", "plot_accuracy_vs_compute", "plot_accuracy_vs_labels", "summary_table",
+           "write_results", "write_sweep_report"]

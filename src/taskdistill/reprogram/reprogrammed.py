@@ -1,0 +1,133 @@
+"""A frozen teacher reprogrammed for the target task, and the loop task that trains its prompt and map.
+
+    uint8 images [B, C, H, W] --render--> [B, 3, s, s] in [0, 1] --prompt--> [B, 3, S, S] normalised
+        --frozen teacher--> features [B, D] --teacher head--> source logits [B, S_cls]
+        --label map (on logits, or on features)--> target logits [B, T]
+
+Only the prompt and the label map train; the teacher's weights and batch-norm statistics never change.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from taskdistill.data.views import Views, random_views, render
+from taskdistill.engine.batches import Batch, EpochSampler
+from taskdistill.reprogram.visual_prompt import VisualPrompt
+
+HeadInput = Literal["logits", "features"]
+
+
+class ReprogrammedTeacher(nn.Module):
+    """Frozen `teacher` (a `TaskModel`) + trainable `prompt` + output `head` (`MappedHead`/`LinearLabelMap`).
+
+    The constructor freezes the teacher in place (`requires_grad=False` on every parameter) and puts
+    it in eval mode; `train(mode)` never takes it out (no batch-norm updates, no dropout).
+    `head_input="logits"` feeds the teacher's source logits to the head, `"features"` its pooled
+    pre-logit features (then a `LinearLabelMap(num_features, T)` is a linear probe behind a prompt).
+    """
+
+    def __init__(self, teacher: nn.Module, prompt: VisualPrompt, head: nn.Module,
+                 head_input: HeadInput = "logits") -> None:
+        super().__init__()
+        if head_input not in ("logits", "features"):
+            raise ValueError(f"head_input must be 'logits' or 'features', got {head_input!r}")
+        self.teacher = teacher
+        self.prompt = prompt
+        self.head = head
+        self.head_input = head_input
+        for p in self.teacher.parameters():
+            p.requires_grad_(False)
+        self.teacher.eval()
+
+    def train(self, mode: bool = True) -> ReprogrammedTeacher:
+        super().train(mode)
+        self.teacher.eval()
+        return self
+
+    def forward(self, images: torch.Tensor, views: Views | None = None) -> dict[str, torch.Tensor]:
+        """uint8 `[B, C, H, W]` (C = 1 or 3), optional crop/flip `views` -> `{"target_logits": [B, T],
+        "source_logits": [B, S], "features": [B, D]}`."""
+        if images.dtype != torch.uint8:
+            raise TypeError(f"images must be uint8 [B, C, H, W], got {images.dtype}")
+        x = self.prompt(render(images, self.prompt.image_size, views))
+        tokens = self.teacher.forward_features(x)
+        features = self.teacher.forward_head(tokens, pre_logits=True)
+        source_logits = self.teacher.forward_head(tokens)
+        target_logits = self.head(source_logits if self.head_input == "logits" else features)
+        return {"target_logits": target_logits, "source_logits": source_logits, "features": features}
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        """The prompt's and the label map's parameters; never the teacher's."""
+        params = list(self.prompt.parameters()) + list(self.head.parameters())
+        return [p for p in params if p.requires_grad]
+
+    @property
+    def num_trainable(self) -> int:
+        return sum(p.numel() for p in self.trainable_parameters())
+
+    @property
+    def num_teacher_parameters(self) -> int:
+        return sum(p.numel() for p in self.teacher.parameters())
+
+    def trainable_fraction(self) -> float:
+        """Trainable parameters (prompt + map) / teacher parameters."""
+        return self.num_trainable / max(1, self.num_teacher_parameters)
+
+
+@torch.no_grad()
+def source_probabilities(model: ReprogrammedTeacher, images: torch.Tensor, batch_size: int = 256,
+                         device: torch.device | str | None = None) -> torch.Tensor:
+    """Softmax over the teacher's source classes `[N, S]` (cpu, float32) for uint8 `images` `[N, C, H, W]`,
+    seen through the current prompt; the input to `frequency_label_mapping` / `iterative_label_mapping`.
+    """
+    was_training = model.training
+    model.eval()
+    device = device if device is not None else next(model.teacher.parameters()).device
+    out = []
+    try:
+        for idx in EpochSampler(len(images), batch_size, shuffle=False):
+            logits = model(images[idx].to(device))["source_logits"]
+            out.append(logits.float().softmax(1).cpu())
+    finally:
+        model.train(was_training)
+    return torch.cat(out)
+
+
+class ReprogramTask:
+    """Loop task: cross-entropy of the target logits on `{"images": uint8 [B, C, H, W], "labels": [B]}`.
+
+    `augment`: "crop-flip" (random-resized crops + flips, as `SupervisedTask`), "flip" or "none".
+    Returns `{"loss", "ce", "acc"}`; trains only `model.trainable_parameters()`.
+    """
+
+    def __init__(self, model: ReprogrammedTeacher, augment: str = "crop-flip", label_smoothing: float = 0.0,
+                 seed: int = 0) -> None:
+        if augment not in ("crop-flip", "flip", "none"):
+            raise ValueError(f"augment must be 'crop-flip', 'flip' or 'none', got {augment!r}")
+        self.model = model
+        self.augment = augment
+        self.label_smoothing = label_smoothing
+        self.rng = np.random.default_rng(seed)
+
+    def trainable_parameters(self) -> Iterable[nn.Parameter]:
+        return self.model.trainable_parameters()
+
+    def train(self, mode: bool = True) -> None:
+        self.model.train(mode)  # the teacher stays in eval mode
+
+    def __call__(self, batch: Batch) -> dict[str, torch.Tensor]:
+        images, labels = batch["images"], batch["labels"]
+        views = None
+        if self.augment != "none":
+            views = random_views(len(images), self.rng, crop=self.augment == "crop-flip", flip=True)
+        logits = self.model(images, views)["target_logits"]
+        loss = F.cross_entropy(logits, labels, label_smoothing=self.label_smoothing)
+        acc = (logits.detach().argmax(1) == labels).float().mean()
+        return {"loss": loss, "ce": loss.detach(), "acc": acc}
