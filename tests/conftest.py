@@ -56,6 +56,7 @@ def tiny_overrides(train: Path, test: Path, out: Path) -> list[str]:
         "teacher.probe.epochs=2", "teacher.probe.min_steps=0", "teacher.train.epochs=2", "teacher.train.batch_size=8",
         "student.model.name=resnet10t", "student.model.input_size=16",
         "distill.train.epochs=1", "distill.train.batch_size=16", "distill.transfer.max_images=40",
+        "distill.transfer.views=2",
         "student.finetune.epochs=1", "student.finetune.min_steps=0", "student.finetune.batch_size=8",
         "student.scratch.epochs=1", "student.scratch.min_steps=0", "student.scratch.batch_size=8",
     ]

@@ -52,3 +52,10 @@ def test_hub_weights_offline_become_a_checkpoint_error(monkeypatch):
 def test_unset_kwargs_are_dropped_and_set_ones_recorded():
     m = create_model("resnet10t", 3, drop_rate=None, drop_path_rate=0.1)
     assert m.spec.kwargs == {"drop_path_rate": 0.1}
+
+
+def test_packaged_teacher_keeps_its_imagenet_head_when_asked_for_1000_classes():
+    from taskdistill.models.packaged import packaged_state_dict
+
+    t = create_teacher("tf_efficientnet_lite0", num_classes=1000, input_size=32)
+    assert torch.equal(t.get_classifier().weight, packaged_state_dict("tf_efficientnet_lite0")["classifier.weight"])

@@ -70,14 +70,14 @@ class TransferConfig:
 
     source: str = "unlabeled"  # "unlabeled": the task's training images minus the labeled ones; or a manifest path
     max_images: int | None = 20000
-    views: int = 2  # cached teacher views per image (view 0: plain, view 1: mirrored, ...)
+    views: int = 1  # cached teacher views per image (view 0: plain, view 1: mirrored, v >= 2: random crops)
 
 
 @dataclass
 class DistillConfig:
     transfer: TransferConfig = field(default_factory=TransferConfig)
     temperature: float = 2.0
-    train: OptimConfig = field(default_factory=lambda: OptimConfig(epochs=8, lr=2e-3, batch_size=128, augment="none"))
+    train: OptimConfig = field(default_factory=lambda: OptimConfig(epochs=6, lr=2e-3, batch_size=128, augment="none"))
     cache_dir: str | None = None  # None: <output_dir>/.cache
 
 

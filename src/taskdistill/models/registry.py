@@ -62,7 +62,8 @@ def _create_timm(name: str, num_classes: int, pretrained: bool, input_size: int 
     if pretrained and has_packaged_weights(name):
         model = timm.create_model(name, pretrained=False, **kwargs)
         load_packaged_weights(model, name)
-        model.reset_classifier(num_classes)
+        if num_classes != model.num_classes:  # keep the ImageNet head when 1000 source classes are asked for
+            model.reset_classifier(num_classes)
     else:
         try:
             model = timm.create_model(name, pretrained=pretrained, num_classes=num_classes, **kwargs)
