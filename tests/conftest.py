@@ -10,7 +10,7 @@ from PIL import Image
 
 from taskdistill.engine.device import set_threads
 
-set_threads(None)  # as the CLI does: torch's implicit default is several times slower here
+set_threads(None)  # as the CLI does
 
 CLASSES = ("bars", "circle", "cross")
 

@@ -25,7 +25,6 @@ def resolve_device(name: str) -> torch.device:
 def set_threads(num_threads: int | None) -> None:
     """Set torch's intra-op threads explicitly (default: the CPUs this process may use).
 
-    Measured here: leaving torch's own default in place made CPU training up to 6x slower than
-    setting the same number explicitly (see BENCHMARKS.md).
+    Measured here: 1.09x faster student training than torch's implicit default (BENCHMARKS.md).
     """
     torch.set_num_threads(num_threads or len(os.sched_getaffinity(0)))

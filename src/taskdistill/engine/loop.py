@@ -60,7 +60,7 @@ def build_optimizer(params: Iterable[nn.Parameter], schedule: Schedule) -> torch
     groups = [g for g in groups if g["params"]]
     if schedule.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=schedule.lr, momentum=0.9, nesterov=True)
-    # The fused kernel does the whole update in one pass; the per-tensor loop cost ~15% of a CPU step here.
+    # The fused kernel does the whole update in one pass (part of the default's speed-up, BENCHMARKS.md).
     return torch.optim.AdamW(groups, lr=schedule.lr, fused=True)
 
 
