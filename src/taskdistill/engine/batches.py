@@ -76,10 +76,16 @@ class ViewBatches(ImageBatches):
     def __init__(self, data: ImageSet, num_views: int, seed: int) -> None:
         super().__init__(data)
         self.num_views, self.seed = num_views, seed
+        self._epoch, self._views = -1, torch.empty(0, dtype=torch.long)
+
+    def _views_of(self, epoch: int) -> torch.Tensor:
+        """The view of every image for `epoch`, drawn once per epoch (not once per batch)."""
+        if epoch != self._epoch:
+            gen = torch.Generator().manual_seed(self.seed * 7919 + epoch)
+            self._epoch, self._views = epoch, torch.randint(self.num_views, (len(self.data),), generator=gen)
+        return self._views
 
     def batch(self, indices: torch.Tensor, epoch: int) -> Batch:
         out = super().batch(indices, epoch)
-        gen = torch.Generator().manual_seed(self.seed * 7919 + epoch)
-        per_epoch = torch.randint(self.num_views, (len(self.data),), generator=gen)
-        out["views"] = per_epoch[indices]
+        out["views"] = self._views_of(epoch)[indices]
         return out
