@@ -1,7 +1,7 @@
 # The two commands of the README:
 #   make run   installs everything and runs the built-in default (Fashion-MNIST, 10 labels per class)
 #   make test  installs everything and runs the tests (what .ci/run calls)
-.PHONY: run test lint bench-default
+.PHONY: run test lint bench-default bench-distill bench-sweep
 
 run:
 	scripts/setup.sh
@@ -16,3 +16,18 @@ lint:
 
 bench-default:
 	.venv/bin/python benchmarks/default_seeds.py
+
+# torchdistill is installed only here, in its own environment, for the comparison
+.venv-bench/bin/python:
+	python3 -m venv .venv-bench
+	.venv-bench/bin/pip install -q -e . torchdistill==1.1.3
+
+bench-distill: .venv-bench/bin/python
+	.venv-bench/bin/python benchmarks/distill_throughput.py
+
+bench-sweep:
+	scripts/setup.sh
+	.venv/bin/python benchmarks/lr_search.py
+	.venv/bin/taskdistill sweep fashion-mnist-sweep --budgets 1,5,10,50 --seeds 0,1,2 \
+		--methods teacher-linear,teacher-finetune,scratch,pretrained-finetune,task-agnostic,task-oriented,task-oriented-pretrained \
+		--out benchmarks/results/sweep

@@ -1,8 +1,20 @@
+import json
+
+import numpy as np
+import pytest
 import torch
 import torch.nn.functional as F
 
-from taskdistill.cache.teacher_outputs import cache_key, cached_teacher_logits, compute_teacher_logits
+from taskdistill.cache.soft_labels import bytes_per_view, compress_topk, expand_topk
+from taskdistill.cache.teacher_outputs import (
+    Storage,
+    TeacherOutputs,
+    build_teacher_outputs,
+    cache_key,
+    cached_teacher_outputs,
+)
 from taskdistill.data.image_set import ImageSet
+from taskdistill.data.views import model_input
 from taskdistill.models.registry import create_model
 
 
@@ -12,16 +24,16 @@ def tiny_set(n=12, seed=0) -> ImageSet:
                     labels=torch.full((n,), -1), ids=[f"x/{i}" for i in range(n)], class_names=["a", "b", "c"])
 
 
-def teacher(seed=0, size=16):
+def teacher(seed=0, size=16, classes=3):
     torch.manual_seed(seed)
-    return create_model("resnet10t", 3, input_size=size).eval()
+    return create_model("resnet10t", classes, input_size=size).eval()
 
 
 class Counting:
-    """Wraps a model and counts the images it sees."""
+    """Wraps a model and counts the images it sees; optionally fails after `fail_after` batches."""
 
-    def __init__(self, model):
-        self.model, self.seen = model, 0
+    def __init__(self, model, fail_after: int | None = None):
+        self.model, self.seen, self.calls, self.fail_after = model, 0, 0, fail_after
         self.preprocess, self.spec = model.preprocess, model.spec
 
     def eval(self):
@@ -32,20 +44,32 @@ class Counting:
         return self.model.state_dict()
 
     def __call__(self, x):
+        if self.fail_after is not None and self.calls >= self.fail_after:
+            raise KeyboardInterrupt("simulated crash")
+        self.calls += 1
         self.seen += len(x)
         return self.model(x)
 
 
 def test_hit_after_miss_returns_same_values_without_running_the_teacher(tmp_path):
     data, t = tiny_set(), Counting(teacher())
-    first, info1 = cached_teacher_logits(t, data, 2, view_seed=0, cache_dir=tmp_path, batch_size=5)
+    first, info1 = cached_teacher_outputs(t, data, 2, view_seed=0, cache_dir=tmp_path, batch_size=5)
     assert not info1["hit"] and t.seen == 24 and first.shape == (12, 2, 3)
-    second, info2 = cached_teacher_logits(t, data, 2, view_seed=0, cache_dir=tmp_path, batch_size=5)
-    assert info2["hit"] and t.seen == 24
-    assert torch.equal(first, second)
+    assert isinstance(first.values, np.memmap)  # read memory-mapped, not loaded whole
+    second, info2 = cached_teacher_outputs(t, data, 2, view_seed=0, cache_dir=tmp_path, batch_size=5)
+    assert info2["hit"] and t.seen == 24 and info2["teacher_images"] == 0
+    assert torch.equal(first.dense(), second.dense())
 
 
-def test_key_changes_with_weights_data_transform_and_views():
+def test_stored_values_are_the_teachers_outputs_in_float16(tmp_path):
+    data, t = tiny_set(), teacher()
+    out, _ = cached_teacher_outputs(t, data, 1, 0, tmp_path, batch_size=5)
+    with torch.no_grad():
+        direct = t(model_input(data.images, t.preprocess))
+    assert torch.allclose(out.dense()[:, 0], direct.half().float(), atol=1e-3)
+
+
+def test_key_changes_with_weights_data_transform_views_and_storage():
     data, t = tiny_set(), teacher()
     base = cache_key(t, data, 2, 0)
     assert cache_key(t, data, 2, 0) == base
@@ -60,20 +84,82 @@ def test_key_changes_with_weights_data_transform_and_views():
     assert cache_key(t, data, 3, 0) != base  # more views
     assert cache_key(t, data, 3, 0) != cache_key(t, data, 3, 1)  # random crops depend on the seed
     assert cache_key(t, data, 2, 1) == base  # plain + mirror views do not
+    assert cache_key(t, data, 2, 0, kind="features") != base
+    topk = cache_key(t, data, 2, 0, storage=Storage("topk", 2, 2.0))
+    assert topk != base
+    assert cache_key(t, data, 2, 0, storage=Storage("topk", 2, 4.0)) != topk  # temperature
+    assert cache_key(t, data, 2, 0, storage=Storage("topk", 1, 2.0)) != topk  # k
 
 
 def test_stale_cache_is_not_used_after_the_teacher_changes(tmp_path):
     data = tiny_set()
-    a, _ = cached_teacher_logits(teacher(0), data, 1, 0, tmp_path)
-    b, info = cached_teacher_logits(teacher(1), data, 1, 0, tmp_path)
-    assert not info["hit"] and not torch.allclose(a, b)
-    assert len(list((tmp_path / "teacher_outputs").glob("*.npy"))) == 2
+    a, _ = cached_teacher_outputs(teacher(0), data, 1, 0, tmp_path)
+    b, info = cached_teacher_outputs(teacher(1), data, 1, 0, tmp_path)
+    assert not info["hit"] and not torch.allclose(a.dense(), b.dense())
+    assert len([p for p in (tmp_path / "teacher_outputs").iterdir() if p.is_dir()]) == 2
 
 
-def test_view_1_is_the_teacher_on_the_mirrored_image():
+def test_view_1_is_the_teacher_on_the_mirrored_image(tmp_path):
     data, t = tiny_set(), teacher()
-    out = compute_teacher_logits(t, data, 2, view_seed=0, batch_size=64)
+    out = cached_teacher_outputs(t, data, 2, 0, tmp_path / "a", batch_size=64)[0].dense()
     mirrored = ImageSet(data.images.flip(-1), data.labels, data.ids, data.class_names)
-    direct = compute_teacher_logits(t, mirrored, 1, view_seed=0, batch_size=64)
-    assert torch.allclose(out[:, 1], direct[:, 0], atol=1e-4)
+    direct = cached_teacher_outputs(t, mirrored, 1, 0, tmp_path / "b", batch_size=64)[0].dense()
+    assert torch.allclose(out[:, 1], direct[:, 0], atol=1e-2)
     assert F.mse_loss(out[:, 0], out[:, 1]) > 0
+
+
+def test_interrupted_build_resumes_where_it_stopped_and_matches_an_uninterrupted_one(tmp_path):
+    data = tiny_set(n=20)
+    crashing = Counting(teacher(), fail_after=3)  # 4 batches of 5 per view, 2 views: crash in view 0
+    with pytest.raises(KeyboardInterrupt):
+        cached_teacher_outputs(crashing, data, 2, 0, tmp_path, batch_size=5)
+    partial = list((tmp_path / "teacher_outputs").iterdir())
+    assert len(partial) == 1 and partial[0].name.endswith(".partial")  # nothing looks finished
+    resumed = Counting(teacher())
+    # A build that records progress after every batch: crash after 3, the resume runs only the 5 left.
+    crashing2 = Counting(teacher(), fail_after=3)
+    folder = tmp_path / "manual.partial"
+    with pytest.raises(KeyboardInterrupt):
+        build_teacher_outputs(crashing2, data, 2, 0, folder, batch_size=5, flush_seconds=0.0)
+    assert json.loads((folder / "progress.json").read_text())["done_batches"] == 3
+    computed, k = build_teacher_outputs(resumed, data, 2, 0, folder, batch_size=5, flush_seconds=0.0)
+    assert computed == 25 and resumed.calls == 5 and k == 3
+    whole, _ = cached_teacher_outputs(teacher(), data, 2, 0, tmp_path / "whole", batch_size=5)
+    assert np.array_equal(np.load(folder / "values.npy"), np.asarray(whole.values))
+    # and through the public entry point, the interrupted first build finishes and is then a hit
+    finished, info = cached_teacher_outputs(Counting(teacher()), data, 2, 0, tmp_path, batch_size=5)
+    assert not info["hit"]
+    assert np.array_equal(np.asarray(finished.values), np.asarray(whole.values))
+    assert not any(p.name.endswith(".partial") for p in (tmp_path / "teacher_outputs").iterdir())
+
+
+def test_topk_reconstruction_keeps_top_classes_and_spreads_the_rest():
+    torch.manual_seed(0)
+    logits = torch.randn(50, 100) * 3
+    values, indices = compress_topk(logits, k=10, temperature=2.0)
+    assert values.dtype == np.float16 and indices.dtype == np.int16 and values.shape == (50, 10)
+    probs = expand_topk(values, indices, 100)
+    full = torch.softmax(logits / 2.0, dim=1)
+    assert torch.allclose(probs.sum(1), torch.ones(50), atol=1e-3)
+    top = full.topk(10, dim=1)
+    assert torch.allclose(probs.gather(1, top.indices), top.values, atol=1e-3)
+    rest = torch.ones_like(full, dtype=torch.bool).scatter_(1, top.indices, False)
+    expected_tail = (1 - top.values.sum(1, keepdim=True)) / 90
+    assert torch.allclose(probs[rest].view(50, 90), expected_tail.expand(50, 90), atol=1e-3)
+    # the reconstruction is closer to the teacher than a uniform guess, and exact when k = K
+    assert (full * (full.log() - probs.log())).sum(1).mean() < 0.5
+    v_all, i_all = compress_topk(logits, k=100, temperature=2.0)
+    assert torch.allclose(expand_topk(v_all, i_all, 100), full, atol=1e-3)
+    assert bytes_per_view(1000, 16) == 64 and bytes_per_view(10, None) == 20 and bytes_per_view(40000, 4) == 24
+
+
+def test_topk_storage_round_trip_and_size(tmp_path):
+    data, t = tiny_set(), teacher(classes=40)
+    full, _ = cached_teacher_outputs(t, data, 2, 0, tmp_path, batch_size=5)
+    top, info = cached_teacher_outputs(t, data, 2, 0, tmp_path, batch_size=5, storage=Storage("topk", 4, 2.0))
+    assert top.is_probabilities and top.shape == (12, 2, 40) and info["bytes_per_view"] == 16 == 4 * (2 + 2)
+    expected = torch.softmax(full.dense() / 2.0, dim=-1)
+    got = top.dense()
+    assert torch.allclose(got.sum(-1), torch.ones(12, 2), atol=2e-3)
+    assert torch.equal(got.argmax(-1), expected.argmax(-1))
+    assert TeacherOutputs.open(tmp_path / "teacher_outputs" / info["key"]).temperature == 2.0

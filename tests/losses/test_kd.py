@@ -40,3 +40,14 @@ def test_gradient_matches_closed_form():
 def test_shape_mismatch_is_an_error():
     with pytest.raises(ValueError):
         kd_kl_loss(torch.randn(2, 3), torch.randn(2, 4), 1.0)
+
+
+def test_from_probs_equals_logit_form_and_handles_zero_probabilities():
+    from taskdistill.losses.kd import kd_kl_loss_from_probs
+
+    s, t = torch.randn(6, 7), torch.randn(6, 7)
+    p = torch.softmax(t / 3.0, 1)
+    assert kd_kl_loss_from_probs(s, p, 3.0).item() == pytest.approx(kd_kl_loss(s, t, 3.0).item(), rel=1e-5)
+    one_hot = torch.zeros(6, 7).scatter_(1, torch.zeros(6, 1, dtype=torch.long), 1.0)
+    expected = -torch.log_softmax(s / 2.0, 1)[:, 0].mean() * 4.0  # KL to a one-hot = cross-entropy
+    assert kd_kl_loss_from_probs(s, one_hot, 2.0).item() == pytest.approx(expected.item(), rel=1e-5)

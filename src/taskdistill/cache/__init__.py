@@ -1,5 +1,13 @@
 """Caches of teacher outputs, keyed by content hashes."""
 
-from taskdistill.cache.teacher_outputs import cache_key, cached_teacher_logits, weights_hash
+from taskdistill.cache.soft_labels import bytes_per_view, compress_topk, expand_topk
+from taskdistill.cache.teacher_outputs import (
+           Storage,
+           TeacherOutputs,
+           cache_key,
+           cached_teacher_outputs,
+           weights_hash,
+)
 
-__all__ = ["cache_key", "cached_teacher_logits", "weights_hash"]
+__all__ = ["Storage", "TeacherOutputs", "bytes_per_view", "cache_key", "cached_teacher_outputs", "compress_topk",
+           "expand_topk", "weights_hash"]

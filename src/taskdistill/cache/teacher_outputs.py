@@ -1,30 +1,119 @@
-"""Teacher outputs computed once per (teacher weights, transfer set, transform, views) and kept on disk.
+"""Teacher outputs computed once per (teacher weights, transfer set, transform, views, storage) and kept on disk.
 
-The key hashes everything that changes the outputs, so a rerun or another method reuses them and a
-stale cache is never read: change the teacher, the images, the resolution or the views and the key
-changes. Files: `<cache_dir>/teacher_outputs/<key>.npy` (float16 `[N, V, K]`) and `<key>.json`.
+The key hashes everything that changes the stored numbers, so a rerun or another method reuses them and
+a stale cache is never read: change the teacher, the images, the resolution, the views or the storage
+format and the key changes. Layout under `<cache_dir>/teacher_outputs/`:
+
+    <key>/values.npy    float16 [N, V, K] logits or features ("full"), or [N, V, k] probabilities ("topk")
+    <key>/indices.npy   int16/int32 [N, V, k] class indices ("topk" only)
+    <key>/meta.json     what was stored and how long it took
+    <key>.partial/      a build in progress: the same arrays plus progress.json; an interrupted build
+                        continues from its last recorded batch, and is renamed to <key>/ when complete
+
+Arrays are read memory-mapped: a batch gathers only its own rows.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
+import shutil
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from taskdistill.cache.soft_labels import bytes_per_view, compress_topk, expand_topk
 from taskdistill.data.image_set import ImageSet
-from taskdistill.data.views import model_input, replay_views
-from taskdistill.engine.atomic import atomic_path, write_json
+from taskdistill.data.views import Views, model_input, replay_views
+from taskdistill.engine.atomic import write_json
 from taskdistill.engine.batches import EpochSampler
 
-CACHE_FORMAT = "teacher-outputs/1"
-OutputKind = Literal["logits", "features"]
+CACHE_FORMAT = "teacher-outputs/2"
+OutputKind = str  # "logits" or "features" for a plain teacher; a teacher with `cache_outputs` names its own
+StorageFormat = Literal["full", "topk"]
+
+
+@dataclass(frozen=True)
+class Storage:
+    """How outputs are stored: `full` float16 values, or `topk` probabilities at `temperature` (k per view)."""
+
+    format: StorageFormat = "full"
+    k: int = 16
+    temperature: float = 1.0
+
+    def key_parts(self) -> dict[str, Any]:
+        if self.format == "full":
+            return {"format": "full"}
+        return {"format": "topk", "k": self.k, "temperature": self.temperature}
+
+
+class TeacherOutputs:
+    """Stored teacher outputs for every (transfer image, view), memory-mapped.
+
+    `gather(indices, views)` -> float32 `[B, K]`: logits/features for `full` storage, reconstructed
+    probabilities for `topk` storage (`is_probabilities` tells which).
+    """
+
+    def __init__(self, values: np.ndarray, indices: np.ndarray | None, num_outputs: int,
+                 temperature: float | None = None) -> None:
+        self.values, self.indices = values, indices
+        self.num_outputs = num_outputs
+        self.temperature = temperature
+
+    @classmethod
+    def open(cls, folder: Path) -> TeacherOutputs:
+        meta = json.loads((folder / "meta.json").read_text())
+        values = np.load(folder / "values.npy", mmap_mode="r")
+        indices = np.load(folder / "indices.npy", mmap_mode="r") if (folder / "indices.npy").is_file() else None
+        return cls(values, indices, meta["num_outputs"], meta.get("temperature"))
+
+    @classmethod
+    def wrap(cls, outputs: TeacherOutputs | torch.Tensor) -> TeacherOutputs:
+        """Accept an in-memory `[N, V, K]` tensor (logits or features) where stored outputs are expected."""
+        if isinstance(outputs, TeacherOutputs):
+            return outputs
+        if outputs.ndim != 3:
+            raise ValueError(f"teacher outputs must be [N, V, K], got {tuple(outputs.shape)}")
+        return cls(outputs.detach().cpu().float().numpy(), None, outputs.shape[2])
+
+    @property
+    def is_probabilities(self) -> bool:
+        return self.indices is not None
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """`(N, V, K)`: images, views, outputs per view (classes or feature dimension)."""
+        return (self.values.shape[0], self.values.shape[1], self.num_outputs)
+
+    def __len__(self) -> int:
+        return self.values.shape[0]
+
+    @property
+    def bytes_per_view(self) -> int:
+        row = self.values.dtype.itemsize * self.values.shape[2]
+        return row + (self.indices.dtype.itemsize * self.indices.shape[2] if self.indices is not None else 0)
+
+    def gather(self, indices: torch.Tensor, views: torch.Tensor) -> torch.Tensor:
+        """float32 `[B, K]` for transfer images `indices` `[B]` seen as `views` `[B]`."""
+        i, v = indices.cpu().numpy(), views.cpu().numpy()
+        values = torch.from_numpy(np.asarray(self.values[i, v], dtype=np.float32))
+        if self.indices is None:
+            return values
+        return expand_topk(values, self.indices[i, v], self.num_outputs)
+
+    def dense(self) -> torch.Tensor:
+        """Everything as one float32 `[N, V, K]` tensor (small sets and tests)."""
+        n, v, _ = self.shape
+        idx = torch.arange(n).repeat_interleave(v)
+        return self.gather(idx, torch.arange(v).repeat(n)).reshape(n, v, -1)
 
 
 def weights_hash(model: nn.Module) -> str:
@@ -37,71 +126,146 @@ def weights_hash(model: nn.Module) -> str:
     return h.hexdigest()
 
 
-def cache_key(teacher: nn.Module, transfer: ImageSet, num_views: int, view_seed: int, kind: OutputKind = "logits") -> str:
+def _signature(teacher: nn.Module) -> dict[str, Any]:
+    """What besides the weights shapes the teacher's outputs: its input transform (or its own account)."""
+    if hasattr(teacher, "cache_signature"):
+        return teacher.cache_signature()
+    return {"preprocess": teacher.preprocess.to_dict()}
+
+
+def cache_key(teacher: nn.Module, transfer: ImageSet, num_views: int, view_seed: int, kind: OutputKind = "logits",
+              storage: Storage = Storage()) -> str:
     parts = {
         "format": CACHE_FORMAT,
         "kind": kind,
         "weights": weights_hash(teacher),
         "transfer": transfer.content_hash(),
-        "preprocess": teacher.preprocess.to_dict(),
+        "teacher": _signature(teacher),
         "views": num_views,
         "view_seed": view_seed if num_views > 2 else None,  # views 0 and 1 do not depend on the seed
+        "storage": storage.key_parts(),
     }
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:32]
 
 
-@torch.inference_mode()
-def compute_teacher_logits(teacher: nn.Module, transfer: ImageSet, num_views: int, view_seed: int,
-                           batch_size: int = 256, device: torch.device | str = "cpu",
-                           kind: OutputKind = "logits") -> torch.Tensor:
-    """Teacher outputs for every view of every transfer image: `[N, V, K]` logits, or `[N, V, D]` pooled
-    features (`kind="features"`, the input of the classifier), float32."""
-    teacher.eval()
-    n = len(transfer)
-    sampler = EpochSampler(n, batch_size, shuffle=False)
-    out: torch.Tensor | None = None
-    bar = tqdm(total=n * num_views, desc=f"teacher {kind}", unit="img", leave=False, mininterval=1.0, disable=None)
+def teacher_forward(teacher: nn.Module, images: torch.Tensor, views: Views, kind: OutputKind) -> torch.Tensor:
+    """`[B, K]` outputs of `teacher` for uint8 `images` `[B, C, H, W]` seen as `views`."""
+    if hasattr(teacher, "cache_outputs"):
+        return teacher.cache_outputs(images, views, kind)
+    x = model_input(images, teacher.preprocess, views)
+    if kind == "features":
+        return teacher.forward_head(teacher.forward_features(x), pre_logits=True)
+    if kind == "logits":
+        return teacher(x)
+    raise ValueError(f"unknown teacher output kind '{kind}' (logits or features)")
+
+
+def _work(n: int, num_views: int, batch_size: int) -> Iterator[tuple[int, torch.Tensor]]:
+    """The fixed order of a build: (view, image indices) batches, views outer."""
+    batches = list(EpochSampler(n, batch_size, shuffle=False))
     for v in range(num_views):
-        for idx in sampler:
-            views = replay_views(idx, torch.full_like(idx, v), view_seed)
-            x = model_input(transfer.images[idx].to(device), teacher.preprocess, views)
-            if kind == "features":
-                logits = teacher.forward_head(teacher.forward_features(x), pre_logits=True).float().cpu()
-            else:
-                logits = teacher(x).float().cpu()
-            if out is None:
-                out = torch.empty((n, num_views, logits.shape[1]), dtype=torch.float32)
-            out[idx, v] = logits
-            bar.update(len(idx))
-    bar.close()
-    assert out is not None
-    return out
+        for idx in batches:
+            yield v, idx
 
 
-def cached_teacher_logits(teacher: nn.Module, transfer: ImageSet, num_views: int, view_seed: int, cache_dir: str | Path,
-                          batch_size: int = 256, device: torch.device | str = "cpu",
-                          kind: OutputKind = "logits") -> tuple[torch.Tensor, dict]:
-    """Load the teacher's `[N, V, K]` outputs (or `[N, V, D]` features) from the cache, or compute and store them.
+@torch.inference_mode()
+def build_teacher_outputs(teacher: nn.Module, transfer: ImageSet, num_views: int, view_seed: int, folder: Path,
+                          batch_size: int = 256, device: torch.device | str = "cpu", kind: OutputKind = "logits",
+                          storage: Storage = Storage(), flush_seconds: float = 10.0) -> tuple[int, int]:
+    """Fill `folder` (a `<key>.partial` directory) with the teacher's outputs, continuing an earlier
+    interrupted build. Returns (pairs of (image, view) computed in this call, outputs per view K).
 
-    Returns the logits and an info dict: `key`, `hit` (bool), `seconds`, `teacher_images` (forward passes).
+    Progress is recorded (after the arrays are flushed) every `flush_seconds`, so a crash loses at most
+    that much work and never leaves a batch counted that was not written.
     """
-    key = cache_key(teacher, transfer, num_views, view_seed, kind)
-    folder = Path(cache_dir) / "teacher_outputs"
-    data_path, meta_path = folder / f"{key}.npy", folder / f"{key}.json"
-    if data_path.is_file() and meta_path.is_file():
-        arr = np.load(data_path, mmap_mode="r")
-        if arr.shape[:2] == (len(transfer), num_views):
-            return torch.from_numpy(np.asarray(arr, dtype=np.float32)), {
-                "key": key, "hit": True, "seconds": 0.0, "teacher_images": 0, "path": str(data_path)}
-    start = time.perf_counter()
-    logits = compute_teacher_logits(teacher, transfer, num_views, view_seed, batch_size, device, kind)
-    seconds = time.perf_counter() - start
-    with atomic_path(data_path) as tmp:
-        with open(tmp, "wb") as f:
-            np.save(f, logits.numpy().astype(np.float16))
-    write_json(meta_path, {"format": CACHE_FORMAT, "key": key, "shape": list(logits.shape),
-                           "teacher": teacher.spec.to_dict(), "kind": kind, "num_views": num_views, "seconds": seconds})
-    # Hand back what a later hit would read, so both paths train on identical (float16-rounded) targets.
-    logits = logits.half().float()
-    return logits, {"key": key, "hit": False, "seconds": seconds, "teacher_images": len(transfer) * num_views,
-                    "path": str(data_path)}
+    teacher.eval()
+    folder.mkdir(parents=True, exist_ok=True)
+    progress_path = folder / "progress.json"
+    progress = json.loads(progress_path.read_text()) if progress_path.is_file() else {}
+    if progress and progress.get("batch_size") != batch_size:
+        progress = {}  # another batch size orders the work differently: start over
+    done, num_outputs = progress.get("done_batches", 0), progress.get("num_outputs", 0)
+    n = len(transfer)
+    total = -(-n // batch_size) * num_views
+    values = indices = None
+    if done:
+        values = np.load(folder / "values.npy", mmap_mode="r+")
+        indices = np.load(folder / "indices.npy", mmap_mode="r+") if storage.format == "topk" else None
+    computed, last_flush = 0, time.monotonic()
+
+    def flush(count: int) -> None:
+        for arr in (values, indices):
+            if arr is not None:
+                arr.flush()
+        write_json(progress_path, {"done_batches": count, "total_batches": total, "batch_size": batch_size,
+                                   "num_outputs": num_outputs})
+
+    bar = tqdm(total=n * num_views, desc=f"teacher {kind}", unit="img", leave=False, mininterval=1.0, disable=None)
+    for step, (v, idx) in enumerate(_work(n, num_views, batch_size)):
+        if step < done:
+            bar.update(len(idx))
+            continue
+        views = replay_views(idx, torch.full_like(idx, v), view_seed)
+        out = teacher_forward(teacher, transfer.images[idx].to(device), views, kind).float().cpu()
+        if values is None:
+            num_outputs = out.shape[1]
+            width = num_outputs if storage.format == "full" else min(storage.k, num_outputs)
+            values = np.lib.format.open_memmap(folder / "values.npy", "w+", np.float16, (n, num_views, width))
+            if storage.format == "topk":
+                _, sample_idx = compress_topk(out[:1], storage.k, storage.temperature)
+                indices = np.lib.format.open_memmap(folder / "indices.npy", "w+", sample_idx.dtype,
+                                                    (n, num_views, width))
+        rows = idx.numpy()
+        if storage.format == "full":
+            values[rows, v] = out.numpy().astype(np.float16)
+        else:
+            vals, ids = compress_topk(out, storage.k, storage.temperature)
+            values[rows, v], indices[rows, v] = vals, ids
+        computed += len(idx)
+        bar.update(len(idx))
+        if time.monotonic() - last_flush > flush_seconds:
+            flush(step + 1)
+            last_flush = time.monotonic()
+    bar.close()
+    flush(total)
+    return computed, num_outputs
+
+
+def cached_teacher_outputs(teacher: nn.Module, transfer: ImageSet, num_views: int, view_seed: int,
+                           cache_dir: str | Path, batch_size: int = 256, device: torch.device | str = "cpu",
+                           kind: OutputKind = "logits", storage: Storage = Storage()) -> tuple[TeacherOutputs, dict]:
+    """The teacher's outputs for every view of every transfer image, from the cache or built (resumably).
+
+    Returns the outputs and an info dict: `key`, `hit` (bool), `seconds`, `teacher_images` (forward
+    passes in this call), `bytes_per_view`, `path`.
+    """
+    key = cache_key(teacher, transfer, num_views, view_seed, kind, storage)
+    root = Path(cache_dir) / "teacher_outputs"
+    final, partial = root / key, root / f"{key}.partial"
+    hit = (final / "meta.json").is_file()
+    seconds, computed = 0.0, 0
+    if not hit:
+        start = time.perf_counter()
+        computed, num_outputs = build_teacher_outputs(teacher, transfer, num_views, view_seed, partial, batch_size,
+                                                      device, kind, storage)
+        seconds = time.perf_counter() - start
+        write_json(partial / "meta.json", {
+            "format": CACHE_FORMAT, "key": key, "kind": kind, "num_images": len(transfer), "num_views": num_views,
+            "num_outputs": num_outputs, "storage": storage.key_parts(),
+            "temperature": storage.temperature if storage.format == "topk" else None,
+            "teacher": teacher.spec.to_dict() if hasattr(teacher, "spec") else type(teacher).__name__,
+            "seconds": seconds})
+        (partial / "progress.json").unlink(missing_ok=True)
+        if final.exists():  # a concurrent build finished first; keep one
+            shutil.rmtree(partial)
+        else:
+            os.replace(partial, final)
+    outputs = TeacherOutputs.open(final)
+    if outputs.shape[:2] != (len(transfer), num_views):
+        raise RuntimeError(f"teacher-output cache {final} holds {outputs.shape[:2]}, expected "
+                           f"{(len(transfer), num_views)}; delete it")
+    return outputs, {"key": key, "hit": hit, "seconds": round(seconds, 2), "teacher_images": computed,
+                     "bytes_per_view": outputs.bytes_per_view,
+                     "expected_bytes_per_view": bytes_per_view(outputs.num_outputs,
+                                                               None if storage.format == "full" else storage.k),
+                     "path": str(final)}

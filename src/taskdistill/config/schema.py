@@ -77,6 +77,10 @@ class TransferConfig:
 class DistillConfig:
     transfer: TransferConfig = field(default_factory=TransferConfig)
     temperature: float = 2.0
+    # Cached soft labels: "full" float16 logits, or "topk" probabilities at `temperature` (k classes per view,
+    # the rest of the mass spread uniformly; worth it for many classes, e.g. a 1000-class proxy space).
+    soft_labels: Literal["full", "topk"] = "full"
+    topk: int = 16
     train: OptimConfig = field(default_factory=lambda: OptimConfig(epochs=6, lr=2e-3, batch_size=128, augment="none"))
     cache_dir: str | None = None  # None: <output_dir>/.cache
 
@@ -97,6 +101,37 @@ class StudentConfig:
     finetune: OptimConfig = field(default_factory=lambda: OptimConfig(
         epochs=30, lr=1e-4, batch_size=32, min_steps=100, freeze_bn=True))
     scratch: OptimConfig = field(default_factory=lambda: OptimConfig(epochs=100, lr=2e-3, batch_size=32, min_steps=300))
+    # The `pretrained-finetune` baseline: the pretrained student trained on the labels only (no distillation).
+    pretrained_finetune: OptimConfig = field(default_factory=lambda: OptimConfig(
+        epochs=100, lr=3e-4, batch_size=32, min_steps=300))
+
+
+@dataclass
+class TDMRConfig:
+    """TDMR (the `tdmr` method, docs/tdmr.md): reprogram the frozen pretrained teacher (prompt + label map),
+    distil progressively from its proxy space (source classes -> task classes), then finetune the student."""
+
+    source_classes: int = 1000  # the teacher is built with this many classes: packaged weights keep their head
+    prompt: Literal["padding", "full", "none"] = "padding"
+    pad: int | None = None  # padding prompt: frame width in pixels; None: the teacher's input_size // 8
+    # flm / ilm: fixed one-to-one maps; linear-logits: learned map on the source logits, started at FLM;
+    # linear-features: learned map on the pooled features (a linear probe behind the prompt)
+    label_mapping: Literal["flm", "ilm", "linear-logits", "linear-features"] = "linear-logits"
+    ilm_period: int = 25  # ilm: recompute the map every this many reprogramming steps
+    reprogram: OptimConfig = field(default_factory=lambda: OptimConfig(
+        epochs=50, lr=1e-2, batch_size=32, weight_decay=0.0, augment="crop-flip", min_steps=150))
+    # w_t of the task term: "progressive" ramps 0 -> 1 over ramp_fraction of the steps; "one-shot": w = 1
+    # (task outputs only); "joint": w = joint_weight throughout.
+    schedule: Literal["progressive", "one-shot", "joint"] = "progressive"
+    ramp_fraction: float = 0.5
+    ramp_shape: Literal["linear", "cosine"] = "linear"
+    joint_weight: float = 0.5
+    proxy_temperature: float = 2.0
+    task_temperature: float = 2.0
+    proxy_soft_labels: Literal["full", "topk"] = "topk"  # the 1000-class source outputs; topk: k * 4 bytes/view
+    proxy_topk: int = 16
+    distill: OptimConfig = field(default_factory=lambda: OptimConfig(epochs=6, lr=2e-3, batch_size=128, augment="none"))
+    evaluate_teacher: bool = True  # also report the reprogrammed teacher's test accuracy (not counted as cost)
 
 
 @dataclass
@@ -114,4 +149,5 @@ class RunConfig:
     student: StudentConfig = field(default_factory=StudentConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
     feature_distill: FeatureDistillConfig = field(default_factory=FeatureDistillConfig)
+    tdmr: TDMRConfig = field(default_factory=TDMRConfig)
     baselines: list[str] = field(default_factory=lambda: ["scratch"])

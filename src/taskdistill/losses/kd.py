@@ -19,3 +19,18 @@ def kd_kl_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, tempe
     log_p = F.log_softmax(teacher_logits.float() / t, dim=1)
     kl = (log_p.exp() * (log_p - log_q)).sum(dim=1)  # [B] or [B, H, W]
     return kl.mean() * (t * t)
+
+
+def kd_kl_loss_from_probs(student_logits: torch.Tensor, teacher_probs: torch.Tensor, temperature: float) -> torch.Tensor:
+    """KL(p || q_T) * T^2 with the teacher given as probabilities `p` already softened at T.
+
+    Used with top-k compressed soft labels (`taskdistill.cache.soft_labels`). Equal to `kd_kl_loss` when
+    `p = softmax(teacher_logits / T)`. Shapes as in `kd_kl_loss`; zero-probability classes add nothing.
+    """
+    if student_logits.shape != teacher_probs.shape:
+        raise ValueError(f"student {tuple(student_logits.shape)} and teacher {tuple(teacher_probs.shape)} differ")
+    t = float(temperature)
+    log_q = F.log_softmax(student_logits.float() / t, dim=1)
+    p = teacher_probs.float()
+    kl = (torch.xlogy(p, p) - p * log_q).sum(dim=1)
+    return kl.mean() * (t * t)

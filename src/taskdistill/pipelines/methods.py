@@ -11,6 +11,10 @@ only in which stages they chain and with which task; the loop underneath is the 
   set (projector + cosine/contrastive), then is finetuned on the labels.
 - `task-oriented`: distill the finetuned teacher's predictions, then finetune on the labels.
 - `task-oriented-pretrained`: the same, starting from the pretrained student.
+- `tdmr`: Task-Driven Model Reprogramming: reprogram the frozen pretrained teacher (prompt + label map),
+  distil its proxy-space outputs progressively (source classes, then task classes), finetune (docs/tdmr.md).
+- `distill-linear-probe`: task-oriented distillation from the linear-probed (not finetuned) teacher, then
+  finetune; the plain-distillation reference for `tdmr`.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from taskdistill.cache.teacher_outputs import cached_teacher_logits
+from taskdistill.cache.teacher_outputs import cached_teacher_outputs, weights_hash
 from taskdistill.config.load import to_dict
 from taskdistill.config.schema import RunConfig
 from taskdistill.engine.batches import ViewBatches
@@ -41,6 +45,12 @@ from taskdistill.pipelines.stages import (
     schedule_of,
     supervised,
     train_teacher,
+)
+from taskdistill.reprogram.stages import (
+    progressive_distill,
+    proxy_outputs,
+    reprogram_teacher,
+    teacher_accuracy,
 )
 from taskdistill.tasks.feature_distill import FeatureDistillTask, make_projector
 
@@ -118,7 +128,8 @@ def _record(cell: Cell, method: str, model: nn.Module, meter: Meter, teacher: nn
 
 
 def _finetune(cell: Cell, model: nn.Module, meter: Meter, opt_name: str = "finetune") -> None:
-    opt = cell.cfg.student.finetune if opt_name == "finetune" else cell.cfg.student.scratch
+    """Cross-entropy on the labels with the student schedule `opt_name` (finetune, scratch, pretrained_finetune)."""
+    opt = getattr(cell.cfg.student, opt_name)
     info = supervised(model, cell.data.labeled, opt, cell.cfg.seed, cell.device, f"student {opt_name}")
     meter.add(opt_name, info["seconds"], student_images=info["images"])
 
@@ -152,7 +163,7 @@ def scratch(cell: Cell) -> dict[str, Any]:
 
 def pretrained_finetune(cell: Cell) -> dict[str, Any]:
     meter, student = Meter(), cell.student(pretrained=True)
-    _finetune(cell, student, meter)
+    _finetune(cell, student, meter, "pretrained_finetune")
     return _record(cell, "pretrained-finetune", student, meter, None)
 
 
@@ -160,8 +171,8 @@ def task_agnostic(cell: Cell) -> dict[str, Any]:
     """Feature matching against the frozen pretrained teacher (no labels), then finetune on the labels."""
     meter, teacher, student = Meter(), cell.teacher(), cell.student()
     fd, views = cell.cfg.feature_distill, cell.cfg.distill.transfer.views
-    feats, cache = cached_teacher_logits(teacher, cell.data.transfer, views, cell.cfg.seed, cell.cache_dir,
-                                         cell.cfg.eval_batch_size, cell.device, kind="features")
+    feats, cache = cached_teacher_outputs(teacher, cell.data.transfer, views, cell.cfg.seed, cell.cache_dir,
+                                          cell.cfg.eval_batch_size, cell.device, kind="features")
     meter.add("teacher_outputs", cache["seconds"], teacher_images=cache["teacher_images"])
     projector = make_projector(student, feats.shape[-1], fd.projector_hidden).to(cell.device)
     task = FeatureDistillTask(student, projector, feats, fd.loss, fd.contrastive_temperature, cell.cfg.seed)
@@ -192,6 +203,78 @@ def task_oriented_pretrained(cell: Cell) -> dict[str, Any]:
     return _task_oriented(cell, True, "task-oriented-pretrained")
 
 
+def _source_teacher(cell: Cell) -> nn.Module:
+    """The cell's pretrained teacher with its own source classifier (`tdmr.source_classes` classes)."""
+    cell.seeded(0)
+    return build_model(cell.cfg.teacher.model, cell.cfg.tdmr.source_classes).to(cell.device)
+
+
+def tdmr(cell: Cell) -> dict[str, Any]:
+    """Reprogram the frozen teacher on the labels, distil its proxy space progressively, finetune.
+
+    The teacher's weights are hashed before and after: a change raises instead of recording a result.
+    Teacher images count reprogramming forward+backward passes, label-mapping forwards and the proxy
+    cache's forwards; the reprogrammed teacher's own test accuracy is reported but not counted as cost.
+    """
+    cfg, meter, views, seed = cell.cfg.tdmr, Meter(), cell.cfg.distill.transfer.views, cell.cfg.seed
+    teacher = _source_teacher(cell)
+    before = weights_hash(teacher)
+    model, rep = reprogram_teacher(teacher, cell.data.labeled, cfg, seed, cell.device, cell.cfg.eval_batch_size)
+    meter.add("reprogram", rep["seconds"], teacher_images=rep["teacher_images"])
+    source, target, cache = proxy_outputs(model, cell.data.transfer, cfg, views, seed, cell.cache_dir,
+                                          cell.cfg.eval_batch_size, cell.device)
+    meter.add("teacher_outputs", cache["seconds"], teacher_images=cache["teacher_images"])
+    student = cell.student()
+    dist = progressive_distill(student, source, target, cell.data.transfer, cfg, views, seed, cell.device)
+    meter.add("distill", dist["seconds"], student_images=dist["images"])
+    _finetune(cell, student, meter)
+    teacher_top1 = (teacher_accuracy(model, cell.data.test, cell.cfg.eval_batch_size, cell.device)
+                    if cfg.evaluate_teacher else None)
+    after = weights_hash(teacher)
+    if after != before:
+        raise RuntimeError(f"tdmr changed the frozen teacher's weights (sha256 {before[:12]} -> {after[:12]}); "
+                           f"only the prompt and the label map may train")
+    rec = _record(cell, "tdmr", student, meter, teacher)
+    rec.update({
+        "trainable_params": rep["trainable_params"], "trainable_fraction": rep["trainable_fraction"],
+        "teacher_unchanged": True, "teacher_weights_sha256": before,
+        "reprogrammed_teacher_top1": teacher_top1,
+        "teacher_images_detail": {"reprogram_forward_backward": rep["train_images"],
+                                  "label_mapping_forward": rep["label_mapping_images"],
+                                  "proxy_cache_forward": cache["teacher_images"]},
+        "tdmr": {"prompt": cfg.prompt, "label_mapping": cfg.label_mapping, "mapping": rep["mapping"],
+                 "remaps": rep.get("remaps", 0), "reprogram_steps": rep["steps"],
+                 "reprogram_final_loss": rep["final_loss"], "schedule": cfg.schedule,
+                 "ramp_fraction": cfg.ramp_fraction, "ramp_shape": cfg.ramp_shape, "distill_steps": dist["steps"],
+                 "proxy_head_params": dist["proxy_head_params"],
+                 "bytes_per_view": {k: cache[k]["bytes_per_view"] for k in ("source_logits", "target_logits")
+                                    if k in cache}},
+    })
+    return rec
+
+
+def distill_linear_probe(cell: Cell) -> dict[str, Any]:
+    """Task-oriented distillation from the linear-probed (not finetuned) teacher, then finetune.
+
+    The probed teacher is trained here and not stored: `cell.teacher_dir` holds finetuned teachers only.
+    """
+    meter, teacher = Meter(), cell.teacher()
+    probe = dataclasses.replace(cell.cfg.teacher, mode="linear-probe")
+    start = time.perf_counter()
+    info = train_teacher(teacher, probe, cell.data.labeled, cell.cfg.seed, cell.device)
+    meter.add("teacher", time.perf_counter() - start, teacher_images=info["teacher_train_images"])
+    student = cell.student()
+    dist = distill(student, teacher, cell.data.transfer, cell.cfg.distill, cell.cache_dir, cell.cfg.seed,
+                   cell.device, cell.cfg.eval_batch_size)
+    meter.add("teacher_outputs", dist["cache"]["seconds"], teacher_images=dist["teacher_images"])
+    meter.add("distill", dist["seconds"], student_images=dist["images"])
+    _finetune(cell, student, meter)
+    rec = _record(cell, "distill-linear-probe", student, meter, teacher)
+    head = sum(p.numel() for p in teacher.get_classifier().parameters())
+    rec.update({"trainable_params": head, "trainable_fraction": head / max(1, count_parameters(teacher))})
+    return rec
+
+
 METHODS: dict[str, Callable[[Cell], dict[str, Any]]] = {
     "teacher-linear": teacher_linear,
     "teacher-finetune": teacher_finetune,
@@ -200,6 +283,8 @@ METHODS: dict[str, Callable[[Cell], dict[str, Any]]] = {
     "task-agnostic": task_agnostic,
     "task-oriented": task_oriented,
     "task-oriented-pretrained": task_oriented_pretrained,
+    "tdmr": tdmr,
+    "distill-linear-probe": distill_linear_probe,
 }
 
 

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from taskdistill.cache.teacher_outputs import cached_teacher_logits
+from taskdistill.cache.teacher_outputs import Storage, cached_teacher_outputs
 from taskdistill.config.schema import DistillConfig, ModelConfig, OptimConfig, TeacherConfig
 from taskdistill.data.image_set import ImageSet
 from taskdistill.engine.batches import ImageBatches, ViewBatches
@@ -82,13 +82,18 @@ def distill(student: nn.Module, teacher: nn.Module, transfer: ImageSet, cfg: Dis
     The teacher's outputs for every (image, view) come from the on-disk cache (computed on a miss).
     """
     views = cfg.transfer.views
-    logits, cache_info = cached_teacher_logits(teacher, transfer, views, view_seed=seed, cache_dir=cache_dir,
-                                               batch_size=eval_batch_size, device=device)
-    task = DistillTask(student, logits, cfg.temperature, view_seed=seed)
+    outputs, cache_info = cached_teacher_outputs(teacher, transfer, views, view_seed=seed, cache_dir=cache_dir,
+                                                 batch_size=eval_batch_size, device=device, storage=storage_of(cfg))
+    task = DistillTask(student, outputs, cfg.temperature, view_seed=seed)
     result = fit(task, ViewBatches(transfer, views, seed), schedule_of(cfg.train), seed=seed, device=device,
                  desc="distill")
     return {**_fit_info(result), "cache": cache_info, "teacher_images": cache_info["teacher_images"],
-            "transfer_images": len(transfer), "temperature": cfg.temperature, "views": views}
+            "transfer_images": len(transfer), "temperature": cfg.temperature, "views": views,
+            "soft_labels": cfg.soft_labels, "bytes_per_view": cache_info["bytes_per_view"]}
+
+
+def storage_of(cfg: DistillConfig) -> Storage:
+    return Storage(cfg.soft_labels, cfg.topk, cfg.temperature)
 
 
 def evaluate_model(model: nn.Module, test: ImageSet, device: torch.device, batch_size: int, desc: str) -> dict[str, Any]:

@@ -5,12 +5,14 @@
         --label map (on logits, or on features)--> target logits [B, T]
 
 Only the prompt and the label map train; the teacher's weights and batch-norm statistics never change.
+The reprogrammed teacher can be handed to `taskdistill.cache.cached_teacher_outputs` like a plain teacher:
+its `cache_outputs` / `cache_signature` give the proxy-space outputs (`OUTPUT_KINDS`) and what shapes them.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -22,6 +24,7 @@ from taskdistill.engine.batches import Batch, EpochSampler
 from taskdistill.reprogram.visual_prompt import VisualPrompt
 
 HeadInput = Literal["logits", "features"]
+OUTPUT_KINDS: tuple[str, ...] = ("source_logits", "target_logits", "features")
 
 
 class ReprogrammedTeacher(nn.Module):
@@ -63,6 +66,31 @@ class ReprogrammedTeacher(nn.Module):
         target_logits = self.head(source_logits if self.head_input == "logits" else features)
         return {"target_logits": target_logits, "source_logits": source_logits, "features": features}
 
+    def cache_outputs(self, images: torch.Tensor, views: Views | None, kind: str) -> torch.Tensor:
+        """One output of `forward` for the teacher-output cache: `kind` in `OUTPUT_KINDS` -> `[B, K]`
+        (`K` = source classes, target classes or feature width). The cache calls it in inference mode."""
+        if kind not in OUTPUT_KINDS:
+            raise ValueError(f"a reprogrammed teacher caches one of {OUTPUT_KINDS}, not {kind!r}; "
+                             f"pick the kind that matches the loss (source_logits for the proxy term)")
+        return self(images, views)[kind]
+
+    def cache_signature(self) -> dict[str, Any]:
+        """What besides the weights (teacher + prompt + map, hashed by the cache) shapes the outputs."""
+        prompt = self.prompt
+        spec = getattr(self.teacher, "spec", None)
+        return {
+            "reprogrammed": True,
+            "prompt": type(prompt).__name__,
+            "input_size": prompt.input_size,
+            "image_size": prompt.image_size,
+            "pad": getattr(prompt, "pad", None),
+            "fill": getattr(prompt, "fill", None),
+            "preprocess": prompt.preprocess.to_dict(),
+            "head": type(self.head).__name__,
+            "head_input": self.head_input,
+            "teacher": spec.to_dict() if spec is not None else type(self.teacher).__name__,
+        }
+
     def trainable_parameters(self) -> list[nn.Parameter]:
         """The prompt's and the label map's parameters; never the teacher's."""
         params = list(self.prompt.parameters()) + list(self.head.parameters())
@@ -82,22 +110,29 @@ class ReprogrammedTeacher(nn.Module):
 
 
 @torch.no_grad()
-def source_probabilities(model: ReprogrammedTeacher, images: torch.Tensor, batch_size: int = 256,
-                         device: torch.device | str | None = None) -> torch.Tensor:
-    """Softmax over the teacher's source classes `[N, S]` (cpu, float32) for uint8 `images` `[N, C, H, W]`,
-    seen through the current prompt; the input to `frequency_label_mapping` / `iterative_label_mapping`.
-    """
+def predict_outputs(model: ReprogrammedTeacher, images: torch.Tensor, kind: str = "target_logits",
+                    batch_size: int = 256, device: torch.device | str | None = None) -> torch.Tensor:
+    """One output of the reprogrammed teacher (`kind` in `OUTPUT_KINDS`) for uint8 `images` `[N, C, H, W]`
+    on plain views, in eval mode: float32 `[N, K]` on the cpu (e.g. target logits for test accuracy)."""
     was_training = model.training
     model.eval()
     device = device if device is not None else next(model.teacher.parameters()).device
     out = []
     try:
         for idx in EpochSampler(len(images), batch_size, shuffle=False):
-            logits = model(images[idx].to(device))["source_logits"]
-            out.append(logits.float().softmax(1).cpu())
+            out.append(model.cache_outputs(images[idx].to(device), None, kind).float().cpu())
     finally:
         model.train(was_training)
     return torch.cat(out)
+
+
+@torch.no_grad()
+def source_probabilities(model: ReprogrammedTeacher, images: torch.Tensor, batch_size: int = 256,
+                         device: torch.device | str | None = None) -> torch.Tensor:
+    """Softmax over the teacher's source classes `[N, S]` (cpu, float32) for uint8 `images` `[N, C, H, W]`,
+    seen through the current prompt; the input to `frequency_label_mapping` / `iterative_label_mapping`.
+    """
+    return predict_outputs(model, images, "source_logits", batch_size, device).softmax(1)
 
 
 class ReprogramTask:

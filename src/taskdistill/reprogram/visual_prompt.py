@@ -105,3 +105,12 @@ class FullImagePrompt(VisualPrompt):
         """`[B, 3, h, w]` in [0, 1] -> normalised teacher input `[B, 3, S, S]`."""
         x = _resize(x01, self.input_size)
         return self._finish(x + self.delta.to(x.dtype))
+
+
+class NoPrompt(VisualPrompt):
+    """No input transformation: normalise(resize(x, S)). No parameters; the "no prompt" ablation, where
+    only the label map (if learned) adapts the frozen teacher."""
+
+    def forward(self, x01: torch.Tensor) -> torch.Tensor:
+        """`[B, 3, h, w]` in [0, 1] -> normalised teacher input `[B, 3, S, S]`."""
+        return self._finish(_resize(x01, self.input_size))

@@ -7,22 +7,29 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
+from taskdistill.cache.teacher_outputs import TeacherOutputs
 from taskdistill.data.views import model_input, replay_views
 from taskdistill.engine.batches import Batch
-from taskdistill.losses.kd import kd_kl_loss
+from taskdistill.losses.kd import kd_kl_loss, kd_kl_loss_from_probs
 
 
 class DistillTask:
     """KL(teacher_T || student_T) * T^2 on `{"images", "indices", "views"}` batches.
 
-    `teacher_logits`: `[N, V, K]`, the teacher's outputs for view v of transfer image n, computed once
-    (see `taskdistill.cache`); the student is shown exactly that view at its own resolution, so the
-    teacher never runs during distillation.
+    `teacher_outputs`: the teacher's outputs for view v of transfer image n, computed once (stored
+    `TeacherOutputs` from `taskdistill.cache`, or an in-memory `[N, V, K]` logits tensor): logits, or
+    top-k probabilities already softened at this temperature. The student is shown exactly that view
+    at its own resolution, so the teacher never runs during distillation.
     """
 
-    def __init__(self, student: nn.Module, teacher_logits: torch.Tensor, temperature: float, view_seed: int) -> None:
+    def __init__(self, student: nn.Module, teacher_outputs: TeacherOutputs | torch.Tensor, temperature: float,
+                 view_seed: int) -> None:
         self.student = student
-        self.teacher_logits = teacher_logits
+        self.teacher_outputs = TeacherOutputs.wrap(teacher_outputs)
+        stored_t = self.teacher_outputs.temperature
+        if self.teacher_outputs.is_probabilities and stored_t is not None and abs(stored_t - temperature) > 1e-6:
+            raise ValueError(f"the cached soft labels were taken at temperature {stored_t}, distillation uses "
+                             f"{temperature}; rebuild the cache at the distillation temperature")
         self.temperature = temperature
         self.view_seed = view_seed
 
@@ -36,8 +43,11 @@ class DistillTask:
         indices, view_ids = batch["indices"].cpu(), batch["views"].cpu()
         views = replay_views(indices, view_ids, self.view_seed)
         x = model_input(batch["images"], self.student.preprocess, views)
-        target = self.teacher_logits[indices, view_ids].to(x.device, torch.float32)
+        target = self.teacher_outputs.gather(indices, view_ids).to(x.device)
         logits = self.student(x)
-        loss = kd_kl_loss(logits, target, self.temperature)
+        if self.teacher_outputs.is_probabilities:
+            loss = kd_kl_loss_from_probs(logits, target, self.temperature)
+        else:
+            loss = kd_kl_loss(logits, target, self.temperature)
         agree = (logits.detach().argmax(1) == target.argmax(1)).float().mean()
         return {"loss": loss, "kl": loss.detach(), "agree": agree}

@@ -14,6 +14,7 @@ from typing import Literal
 import torch
 from torch import nn
 
+from taskdistill.cache.teacher_outputs import TeacherOutputs
 from taskdistill.data.views import model_input, replay_views
 from taskdistill.engine.batches import Batch
 from taskdistill.losses.feature import contrastive_feature_loss, cosine_feature_loss
@@ -61,7 +62,7 @@ class FeatureDistillTask:
     """Feature matching on `{"images", "indices", "views"}` batches (from `ViewBatches`).
 
     `teacher_features`: `[N, V, Dt]`, the frozen teacher's pooled pre-logit features for view v of
-    transfer image n (`cached_teacher_logits(..., kind="features")`); the student sees exactly that view
+    transfer image n (`cached_teacher_outputs(..., kind="features")`, or a tensor); the student sees exactly that view
     at its own resolution, so the teacher never runs here. `loss="cosine+contrastive"` sums both terms.
     `__call__` returns `{"loss", "similarity" (mean matched cosine, a metric), "cosine" and/or "contrastive"}`.
 
@@ -71,17 +72,19 @@ class FeatureDistillTask:
     `requires_grad` flags are untouched so the later label finetuning trains it as usual.
     """
 
-    def __init__(self, student: nn.Module, projector: nn.Module, teacher_features: torch.Tensor,
+    def __init__(self, student: nn.Module, projector: nn.Module, teacher_features: TeacherOutputs | torch.Tensor,
                  loss: FeatureLoss = "cosine", contrastive_temperature: float = 0.1, view_seed: int = 0) -> None:
         if loss not in FEATURE_LOSSES:
             raise ValueError(f"loss must be one of {FEATURE_LOSSES}, got {loss!r}")
-        if teacher_features.ndim != 3:
+        if isinstance(teacher_features, torch.Tensor) and teacher_features.ndim != 3:
             raise ValueError(f"teacher_features must be [N, V, D], got {tuple(teacher_features.shape)}")
         if contrastive_temperature <= 0:
             raise ValueError(f"contrastive_temperature must be positive, got {contrastive_temperature}")
         self.student = student
         self.projector = projector
-        self.teacher_features = teacher_features
+        self.teacher_features = TeacherOutputs.wrap(teacher_features)
+        if self.teacher_features.is_probabilities:
+            raise ValueError("feature matching needs stored features, not top-k compressed probabilities")
         self.loss = loss
         self.contrastive_temperature = contrastive_temperature
         self.view_seed = view_seed
@@ -112,7 +115,7 @@ class FeatureDistillTask:
         indices, view_ids = batch["indices"].cpu(), batch["views"].cpu()
         views = replay_views(indices, view_ids, self.view_seed)
         x = model_input(batch["images"], self.student.preprocess, views)
-        target = self.teacher_features[indices, view_ids].to(x.device, torch.float32)  # [B, Dt]
+        target = self.teacher_features.gather(indices, view_ids).to(x.device)  # [B, Dt]
         pred = self.student_features(x)
         parts: dict[str, torch.Tensor] = {
             "similarity": torch.cosine_similarity(pred.detach().float(), target, dim=1).mean(),

@@ -1,0 +1,158 @@
+"""TDMR on Fashion-MNIST with 10 labels per class: the method, its plain-distillation reference, ablations.
+
+Run: .venv/bin/python benchmarks/tdmr.py [--seeds 0,1,2] [--only main,prompt-none,...] [--set key=value]
+Smoke: .venv/bin/python benchmarks/tdmr.py --smoke --out /tmp/tdmr-smoke   (1 seed, 300 transfer images,
+1 epoch per stage, main + one ablation; minutes on a CPU).
+
+Every group is its own `run_sweep` folder under `--out` (default benchmarks/results/tdmr), so each is
+resumable cell by cell and keeps its config:
+    main/                 `tdmr` (padding prompt, linear-logits map, progressive) and `distill-linear-probe`
+    ablation-<name>/      `tdmr` with one change (ABLATIONS below)
+All use config `fashion-mnist-sweep`, with `tdmr.distill` set to that config's `distill.train` so TDMR's
+distillation sees exactly as many student images as task-oriented distillation. `summary.md` /
+`summary.json` compare them with the baseline cells of the main sweep folder (`--baselines`,
+runs/sweeps/fashion-mnist-sweep/cells/{task-oriented,task-agnostic,scratch}__b10__s*.json) where present.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from pathlib import Path
+from typing import Any
+
+from taskdistill.cli.common import shipped_configs
+from taskdistill.config import RunConfig, load_config
+from taskdistill.engine.atomic import write_json, write_text
+from taskdistill.pipelines.sweep import cell_path, run_sweep
+
+ABLATIONS: dict[str, list[str]] = {
+    "prompt-none": ["tdmr.prompt=none"],
+    "prompt-full": ["tdmr.prompt=full"],
+    "map-flm": ["tdmr.label_mapping=flm"],
+    "map-ilm": ["tdmr.label_mapping=ilm"],
+    "map-linear-features": ["tdmr.label_mapping=linear-features"],
+    "one-shot": ["tdmr.schedule=one-shot"],
+    "joint": ["tdmr.schedule=joint", "tdmr.joint_weight=0.5"],
+}
+BASELINES = ("task-oriented", "task-agnostic", "scratch")
+REFERENCES = ("teacher-linear", "teacher-finetune")  # reported too when the main sweep has them
+SMOKE = [
+    "distill.transfer.max_images=300", "tdmr.distill.epochs=1", "tdmr.reprogram.epochs=1",
+    "tdmr.reprogram.min_steps=0", "student.finetune.epochs=1", "student.finetune.min_steps=0",
+    "teacher.probe.epochs=1", "teacher.probe.min_steps=0", "distill.train.epochs=1", "tdmr.evaluate_teacher=false",
+]
+
+
+def config(name: str, cache_dir: Path, extra: list[str]) -> RunConfig:
+    """The benchmark config: `name` (shipped or a path), TDMR's distillation = `distill.train`, then `extra`."""
+    path = name if Path(name).exists() else shipped_configs()[name]
+    base = load_config(RunConfig, path, extra)
+    t = base.distill.train
+    aligned = [f"tdmr.distill.{k}={getattr(t, k)}" for k in ("epochs", "batch_size", "lr", "weight_decay",
+                                                                "optimizer", "warmup_epochs", "augment", "min_steps")]
+    return load_config(RunConfig, path, [*aligned, f"distill.cache_dir={cache_dir}", *extra])
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def _row(name: str, recs: list[dict[str, Any]], reference: dict[int, float]) -> dict[str, Any]:
+    top1 = [r["top1"] for r in recs]
+    mean, std = _mean_std(top1)
+    paired = [r["top1"] - reference[r["seed"]] for r in recs if r["seed"] in reference]
+    teacher_top1 = [r["reprogrammed_teacher_top1"] for r in recs if r.get("reprogrammed_teacher_top1") is not None]
+    return {
+        "name": name, "seeds": sorted(r["seed"] for r in recs), "top1_mean": mean, "top1_std": std,
+        "delta_vs_task_oriented": statistics.fmean(paired) if paired else None,
+        "reprogrammed_teacher_top1": statistics.fmean(teacher_top1) if teacher_top1 else None,
+        "teacher_images": statistics.fmean(r["teacher_images"] for r in recs),
+        "student_images": statistics.fmean(r["student_images"] for r in recs),
+        "seconds": statistics.fmean(r["seconds"] for r in recs),
+        "trainable_params": recs[0].get("trainable_params"), "trainable_fraction": recs[0].get("trainable_fraction"),
+    }
+
+
+def _pct(x: float | None, signed: bool = False) -> str:
+    return "-" if x is None else (f"{100 * x:+.2f}" if signed else f"{100 * x:.2f}")
+
+
+def summarize(out: Path, groups: list[str], budget: int, seeds: list[int], baselines: Path) -> dict[str, Any]:
+    """Collect the finished cells of every group and the main sweep's baselines into summary.md/json."""
+    def load(folder: Path, method: str) -> list[dict[str, Any]]:
+        paths = [cell_path(folder, method, budget, s) for s in seeds]
+        return [json.loads(p.read_text()) for p in paths if p.is_file()]
+
+    task_oriented = {r["seed"]: r["top1"] for r in load(baselines, "task-oriented")}
+    rows = []
+    for method in (*BASELINES, *REFERENCES):
+        recs = load(baselines, method)
+        if recs:
+            rows.append(_row(f"{method} (main sweep)", recs, task_oriented))
+    for group in groups:
+        folder = out / (group if group == "main" else f"ablation-{group}")
+        for method in ("tdmr", "distill-linear-probe") if group == "main" else ("tdmr",):
+            recs = load(folder, method)
+            if recs:
+                label = method if group == "main" else f"tdmr, {group} ({', '.join(ABLATIONS[group])})"
+                rows.append(_row(label, recs, task_oriented))
+    summary = {"budget": budget, "seeds": seeds, "baselines": str(baselines), "rows": rows}
+    write_json(out / "summary.json", summary)
+    lines = [
+        f"# TDMR on Fashion-MNIST, {budget} labels per class, seeds {','.join(map(str, seeds))}", "",
+        "Student tf_efficientnet_lite0 @ 32 px; teacher tf_efficientnet_lite2 @ 64 px (frozen ImageNet weights for "
+        "tdmr). Top-1 on the 10,000 test images, mean +- std over seeds; delta = mean paired difference with "
+        "task-oriented (same seed). Teacher images: forward passes (tdmr: + reprogramming forward+backward). "
+        "Trainable share: trainable teacher parameters (prompt + label map; probe head) / teacher parameters.", "",
+        "| method | seeds | top-1 % | delta vs task-oriented (pp) | reprogrammed teacher top-1 % | teacher images "
+        "| student images | trainable teacher params (share) | seconds |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        share = "-" if r["trainable_params"] is None else f"{r['trainable_params']:,} ({100 * r['trainable_fraction']:.3f} %)"
+        lines.append(f"| {r['name']} | {len(r['seeds'])} | {_pct(r['top1_mean'])} +- {_pct(r['top1_std'])} | "
+                     f"{_pct(r['delta_vs_task_oriented'], True)} | {_pct(r['reprogrammed_teacher_top1'])} | "
+                     f"{r['teacher_images']:,.0f} | {r['student_images']:,.0f} | {share} | {r['seconds']:.0f} |")
+    if not task_oriented:
+        lines += ["", f"No baseline cells found under {baselines}/cells: run the main sweep for the comparison."]
+    write_text(out / "summary.md", "\n".join(lines) + "\n")
+    return summary
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--config", default="fashion-mnist-sweep")
+    ap.add_argument("--budget", type=int, default=10, help="labels per class")
+    ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--only", default=None, help="comma-separated groups: main and/or ablation names")
+    ap.add_argument("--out", default="benchmarks/results/tdmr")
+    ap.add_argument("--baselines", default="runs/sweeps/fashion-mnist-sweep", help="the main sweep's folder")
+    ap.add_argument("--smoke", action="store_true", help="tiny version: 1 seed, 300 transfer images, 1 epoch")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], help="key=value for every group")
+    args = ap.parse_args()
+    out = Path(args.out)
+    seeds = [int(s) for s in args.seeds.split(",")]
+    groups = ["main", *ABLATIONS] if args.only is None else args.only.split(",")
+    extra = list(args.overrides)
+    if args.smoke:
+        seeds, extra = seeds[:1], [*SMOKE, *extra]
+        groups = groups if args.only is not None else ["main", "prompt-none"]
+    unknown = [g for g in groups if g != "main" and g not in ABLATIONS]
+    if unknown:
+        raise SystemExit(f"unknown group(s) {unknown}; choose from main, {', '.join(ABLATIONS)}")
+    for group in groups:
+        changes = [] if group == "main" else ABLATIONS[group]
+        cfg = config(args.config, out / ".cache", [*extra, *changes])
+        methods = ["tdmr", "distill-linear-probe"] if group == "main" else ["tdmr"]
+        folder = out / (group if group == "main" else f"ablation-{group}")
+        print(f"== {group}: {methods} -> {folder} {changes}")
+        run_sweep(cfg, methods, [args.budget], seeds, folder)
+    summary = summarize(out, groups, args.budget, seeds, Path(args.baselines))
+    print((out / "summary.md").read_text())
+    print(f"{len(summary['rows'])} rows -> {out / 'summary.md'}")
+
+
+if __name__ == "__main__":
+    main()
