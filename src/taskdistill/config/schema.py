@@ -143,7 +143,7 @@ class RunConfig:
     seed: int = 0
     device: str = "auto"
     num_threads: int | None = None
-    eval_batch_size: int = 256
+    eval_batch_size: int = 128  # also the teacher-cache batch: 128 built it faster than 256 here (BENCHMARKS.md)
     data: DataConfig = field(default_factory=DataConfig)
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     student: StudentConfig = field(default_factory=StudentConfig)
