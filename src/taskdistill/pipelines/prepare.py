@@ -54,8 +54,17 @@ def _transfer_from_manifest(path: str, class_names: list[str], load_size: int, o
         raise DataError(f"transfer-set manifest '{manifest}' does not exist (distill.transfer.source)")
     with manifest.open(newline="") as f:
         rows = list(csv.DictReader(f))
+    if rows and "location" in rows[0]:  # a curated manifest (`taskdistill curate`): paths or `shard.tar#key`
+        from taskdistill.retrieval.pool import decode_locations
+
+        if any(not (r["location"] or "").strip() for r in rows):
+            raise DataError(f"transfer-set manifest '{manifest}' has a row with an empty 'location'")
+        locations = [r["location"].strip() for r in rows]
+        ids = [(r.get("id") or "").strip() or loc for r, loc in zip(rows, locations, strict=True)]
+        return decode_locations(locations, ids, class_names, load_size, on_bad_image,  # type: ignore[arg-type]
+                                base=manifest.parent)
     if not rows or "path" not in rows[0]:
-        raise DataError(f"transfer-set manifest '{manifest}' needs a 'path' column and at least one row")
+        raise DataError(f"transfer-set manifest '{manifest}' needs a 'path' (or 'location') column and at least one row")
     paths = [Path(r["path"]) if Path(r["path"]).is_absolute() else manifest.parent / r["path"] for r in rows]
     return decode_images(paths, [UNLABELED] * len(paths), class_names, load_size, on_bad_image,  # type: ignore[arg-type]
                          [str(p) for p in paths], desc="decode transfer set")
