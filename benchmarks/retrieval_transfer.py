@@ -27,13 +27,11 @@ from pathlib import Path
 from typing import Any
 
 from taskdistill.config import RunConfig, load_config
-from taskdistill.data.splits import few_shot_split
 from taskdistill.engine.atomic import write_json, write_text
-from taskdistill.pipelines.prepare import load_size_for, load_task_data
 from taskdistill.pipelines.task_oriented import run_task_oriented
 from taskdistill.retrieval.embed import EncoderSpec, embed_pool
 from taskdistill.retrieval.pool import open_pool
-from taskdistill.retrieval.transfer_set import CurateOptions, curate_transfer_set
+from taskdistill.retrieval.transfer_set import CurateOptions, curate_transfer_set, split_for_curation
 
 ENCODER = EncoderSpec(name="tf_efficientnet_lite2", pretrained=True, input_size=64)
 TASK_SOURCE = "fashion-mnist"
@@ -60,16 +58,9 @@ def curated(cfg: RunConfig, emb: Path, strategy: str, n: int, out: Path, force: 
     summary_path = out / "summary.json"
     if summary_path.is_file() and not force:
         return json.loads(summary_path.read_text())
-    d = cfg.data
-    task = load_task_data(d, load_size_for(cfg))
-    split_seed = cfg.seed if d.split_seed is None else d.split_seed
-    split = few_shot_split(task.train.labels, task.class_names, split_seed, d.labels_per_class, d.max_per_class,
-                           d.label_fraction, d.val_per_class)
-    guard = {"test": task.test}
-    if len(split.val):
-        guard["val"] = task.train.subset(split.val)
+    labeled, guard = split_for_curation(cfg)
     opts = CurateOptions(strategy=strategy, n=n, seed=cfg.seed, task_source=TASK_SOURCE)
-    return curate_transfer_set(emb, task.train.subset(split.labeled), guard, opts, out)
+    return curate_transfer_set(emb, labeled, guard, opts, out)
 
 
 def top1(rows: list[dict[str, Any]], stage: str) -> float | None:

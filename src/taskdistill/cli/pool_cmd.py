@@ -131,22 +131,13 @@ def _embed(args: argparse.Namespace) -> int:
 
 
 def _curate(args: argparse.Namespace) -> int:
-    from taskdistill.data.splits import few_shot_split
     from taskdistill.engine.device import resolve_device, set_threads
-    from taskdistill.pipelines.prepare import load_size_for, load_task_data
     from taskdistill.retrieval.curate import DupRule
-    from taskdistill.retrieval.transfer_set import CurateOptions, curate_transfer_set
+    from taskdistill.retrieval.transfer_set import CurateOptions, curate_transfer_set, split_for_curation
 
     cfg = config_from_args(args)
     set_threads(cfg.num_threads)
-    d = cfg.data
-    task = load_task_data(d, load_size_for(cfg))
-    split_seed = cfg.seed if d.split_seed is None else d.split_seed
-    split = few_shot_split(task.train.labels, task.class_names, split_seed, d.labels_per_class, d.max_per_class,
-                           d.label_fraction, d.val_per_class)
-    guard = {"test": task.test}
-    if len(split.val):
-        guard["val"] = task.train.subset(split.val)
+    labeled, guard = split_for_curation(cfg)
     opts = CurateOptions(
         strategy=args.strategy, n=args.n, views=args.views, seed=args.seed, task_source=args.task_source,
         index_kind=args.index, prompt=args.prompt,
@@ -154,7 +145,7 @@ def _curate(args: argparse.Namespace) -> int:
         dedup_rule=None if args.no_dedup else DupRule(args.dedup_sig_threshold, args.dedup_emb_threshold,
                                                        args.dedup_sig_floor),
         device=str(resolve_device(args.device)))
-    summary = curate_transfer_set(args.embeddings, task.train.subset(split.labeled), guard, opts, args.out)
+    summary = curate_transfer_set(args.embeddings, labeled, guard, opts, args.out)
     keys = ("strategy", "n_selected", "sources", "precision", "leakage", "duplicates_rejected", "manifest")
     shown = {k: summary.get(k) for k in keys}
     shown["leakage"] = {k: v for k, v in summary["leakage"].items() if k != "examples"}

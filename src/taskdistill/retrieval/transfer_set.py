@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from taskdistill.config.schema import RunConfig
 from taskdistill.data.image_set import ImageSet
 from taskdistill.engine.atomic import atomic_path, write_json, write_text
 from taskdistill.errors import ConfigError
@@ -116,6 +117,25 @@ def _encoder_for(emb: Embeddings, device: str) -> tuple[torch.nn.Module, Encoder
         raise ConfigError(f"the encoder rebuilt from {spec.to_dict()} has other weights than the one that embedded "
                           f"the pool (changed checkpoint, package or library version?); rerun `taskdistill embed --force`")
     return encoder, spec
+
+
+def split_for_curation(cfg: RunConfig) -> tuple[ImageSet, dict[str, ImageSet]]:
+    """The run's labeled images (the queries) and the images the guard keeps out: test, and validation if any.
+
+    Uses the same data spec and seeded split as `taskdistill run` with this config.
+    """
+    from taskdistill.data.splits import few_shot_split
+    from taskdistill.pipelines.prepare import load_size_for, load_task_data
+
+    d = cfg.data
+    task = load_task_data(d, load_size_for(cfg))
+    split_seed = cfg.seed if d.split_seed is None else d.split_seed
+    split = few_shot_split(task.train.labels, task.class_names, split_seed, d.labels_per_class, d.max_per_class,
+                           d.label_fraction, d.val_per_class)
+    guard = {"test": task.test}
+    if len(split.val):
+        guard["val"] = task.train.subset(split.val)
+    return task.train.subset(split.labeled), guard
 
 
 def curate_transfer_set(emb_dir: str | Path, labeled: ImageSet, guard: dict[str, ImageSet], opts: CurateOptions,
