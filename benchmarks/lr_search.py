@@ -24,15 +24,14 @@ from taskdistill.engine.device import resolve_device, set_threads
 from taskdistill.pipelines.methods import METHODS, Cell
 from taskdistill.pipelines.prepare import prepare_data
 
-# method -> (the config key it searches, candidate rates); a best rate at the edge of its grid got the
-# next rate added (scratch, task-oriented: 3e-2; pretrained-finetune: 3e-3;
-# task-oriented-pretrained: 1e-2)
+# method -> (the config key it searches, candidate rates). The first grids had three rates; each time the
+# best rate sat at the edge of its grid, the next rate was added.
 GRID: dict[str, tuple[str, list[float]]] = {
-    "scratch": ("student.scratch.lr", [1e-3, 3e-3, 1e-2, 3e-2]),
-    "pretrained-finetune": ("student.pretrained_finetune.lr", [1e-4, 3e-4, 1e-3, 3e-3]),
-    "task-agnostic": ("feature_distill.train.lr", [1e-3, 3e-3, 1e-2]),
+    "scratch": ("student.scratch.lr", [1e-3, 3e-3, 1e-2, 3e-2, 1e-1]),
+    "pretrained-finetune": ("student.pretrained_finetune.lr", [1e-4, 3e-4, 1e-3, 3e-3, 1e-2]),
+    "task-agnostic": ("feature_distill.train.lr", [1e-3, 3e-3, 1e-2, 3e-2]),
     "task-oriented": ("distill.train.lr", [1e-3, 3e-3, 1e-2, 3e-2]),
-    "task-oriented-pretrained": ("distill.train.lr", [3e-4, 1e-3, 3e-3, 1e-2]),
+    "task-oriented-pretrained": ("distill.pretrained_student_lr", [3e-4, 1e-3, 3e-3, 1e-2, 3e-2]),
 }
 
 
@@ -45,6 +44,7 @@ def main() -> None:
     ap.add_argument("--methods", default=",".join(GRID))
     ap.add_argument("--out", default="benchmarks/results/lr_search")
     ap.add_argument("--set", dest="overrides", action="append", default=[])
+    ap.add_argument("--summary-only", action="store_true", help="write the summary from finished cells, run none")
     args = ap.parse_args()
     out = Path(args.out)
     path = args.config if Path(args.config).exists() else shipped_configs()[args.config]
@@ -53,15 +53,19 @@ def main() -> None:
     base_cfg = load_config(RunConfig, path, base)
     set_threads(base_cfg.num_threads)
     device = resolve_device(base_cfg.device)
-    data = prepare_data(base_cfg)
-    assert data.val is not None
-    scored = dataclasses.replace(data, test=data.val)  # every method is scored on the validation images
-    print(f"labeled {len(data.labeled)}, val {len(data.val)}, transfer {len(data.transfer)}")
+    scored = None
+    if not args.summary_only:
+        data = prepare_data(base_cfg)
+        assert data.val is not None
+        scored = dataclasses.replace(data, test=data.val)  # every method is scored on the validation images
+        print(f"labeled {len(data.labeled)}, val {len(data.val)}, transfer {len(data.transfer)}")
     rows = []
     for method in args.methods.split(","):
         key, rates = GRID[method]
         for lr in rates:
             cell_file = out / "cells" / f"{method}__lr{lr:g}.json"
+            if not cell_file.is_file() and scored is None:
+                continue
             if not cell_file.is_file():
                 cfg = load_config(RunConfig, path, [*base, f"{key}={lr}"])
                 start = time.perf_counter()

@@ -81,6 +81,9 @@ class DistillConfig:
     # the rest of the mass spread uniformly; worth it for many classes, e.g. a 1000-class proxy space).
     soft_labels: Literal["full", "topk"] = "full"
     topk: int = 16
+    # `task-oriented-pretrained`: the distillation learning rate for a student that starts from pretrained
+    # weights (None: `train.lr`); a pretrained student wants a smaller one (benchmarks/lr_search.py).
+    pretrained_student_lr: float | None = None
     train: OptimConfig = field(default_factory=lambda: OptimConfig(epochs=6, lr=2e-3, batch_size=128, augment="none"))
     cache_dir: str | None = None  # None: <output_dir>/.cache
 

@@ -187,7 +187,10 @@ def _task_oriented(cell: Cell, pretrained: bool, name: str) -> dict[str, Any]:
     meter = Meter()
     teacher = _with_teacher(cell, meter)
     student = cell.student(pretrained=pretrained)
-    info = distill(student, teacher, cell.data.transfer, cell.cfg.distill, cell.cache_dir, cell.cfg.seed,
+    dcfg = cell.cfg.distill
+    if pretrained and dcfg.pretrained_student_lr is not None:
+        dcfg = dataclasses.replace(dcfg, train=dataclasses.replace(dcfg.train, lr=dcfg.pretrained_student_lr))
+    info = distill(student, teacher, cell.data.transfer, dcfg, cell.cache_dir, cell.cfg.seed,
                    cell.device, cell.cfg.eval_batch_size)
     meter.add("teacher_outputs", info["cache"]["seconds"], teacher_images=info["teacher_images"])
     meter.add("distill", info["seconds"], student_images=info["images"])
