@@ -96,8 +96,8 @@ def _demo_roots(tmp_path: Path) -> SourceRoots:
 
 
 def test_demo_pool_tags_sources_skips_missing_ones_and_keeps_test_images_out(tmp_path: Path) -> None:
-    if not Path(FASHION_MNIST_ROOT, "train-images-idx3-ubyte.gz").is_file():
-        pytest.skip("needs the Debian package dataset-fashion-mnist (scripts/setup.sh installs it)")
+    # `make test` installs the Debian package dataset-fashion-mnist (scripts/setup.sh): missing data fails here
+    assert Path(FASHION_MNIST_ROOT, "train-images-idx3-ubyte.gz").is_file(), "run scripts/setup.sh first"
     roots = _demo_roots(tmp_path)
     caps = {"fashion-mnist": 7, "mnist": 3, "emoji": 3, "openclipart": 3, "tuxpaint": 3, "glyphs": 4}
     with pytest.warns(UserWarning) as caught:

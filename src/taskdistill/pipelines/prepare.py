@@ -71,11 +71,11 @@ def _transfer_from_manifest(path: str, class_names: list[str], load_size: int, o
 
 
 def build_transfer_set(task: TaskData, split: FewShotSplit, cfg: TransferConfig, seed: int, load_size: int,
-                       on_bad_image: str) -> ImageSet:
+                       on_bad_image: str, keep_labels: bool = False) -> ImageSet:
     """The unlabeled images to distill over: the task's training images minus the labeled ones (default), or a
     manifest of image paths; capped at `max_images` by a seeded random choice."""
     if cfg.source == "unlabeled":
-        pool = task.train.subset(split.unlabeled, drop_labels=True)
+        pool = task.train.subset(split.unlabeled, drop_labels=not keep_labels)  # labels: benchmarks only
     else:
         pool = _transfer_from_manifest(cfg.source, task.class_names, load_size, on_bad_image)
     if len(pool) == 0:
