@@ -28,7 +28,7 @@ from taskdistill.pipelines.prepare import prepare_data
 # best rate sat at the edge of its grid, the next rate was added.
 GRID: dict[str, tuple[str, list[float]]] = {
     "scratch": ("student.scratch.lr", [1e-3, 3e-3, 1e-2, 3e-2, 1e-1]),
-    "pretrained-finetune": ("student.pretrained_finetune.lr", [1e-4, 3e-4, 1e-3, 3e-3, 1e-2]),
+    "pretrained-finetune": ("student.pretrained_finetune.lr", [1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2]),
     "task-agnostic": ("feature_distill.train.lr", [1e-3, 3e-3, 1e-2, 3e-2]),
     "task-oriented": ("distill.train.lr", [1e-3, 3e-3, 1e-2, 3e-2]),
     "task-oriented-pretrained": ("distill.pretrained_student_lr", [3e-4, 1e-3, 3e-3, 1e-2, 3e-2]),
@@ -59,22 +59,24 @@ def main() -> None:
         assert data.val is not None
         scored = dataclasses.replace(data, test=data.val)  # every method is scored on the validation images
         print(f"labeled {len(data.labeled)}, val {len(data.val)}, transfer {len(data.transfer)}")
-    rows = []
-    for method in args.methods.split(","):
+    for method in [] if scored is None else args.methods.split(","):
         key, rates = GRID[method]
         for lr in rates:
             cell_file = out / "cells" / f"{method}__lr{lr:g}.json"
-            if not cell_file.is_file() and scored is None:
-                continue
             if not cell_file.is_file():
                 cfg = load_config(RunConfig, path, [*base, f"{key}={lr}"])
                 start = time.perf_counter()
                 rec = METHODS[method](Cell(cfg, scored, device, out / ".cache", out / "teachers"))
                 rec.update({"lr": lr, "key": key, "wall_seconds": round(time.perf_counter() - start, 1)})
                 write_json(cell_file, rec)
-            rec = json.loads(cell_file.read_text())
-            rows.append(rec)
-            print(f"{method:<26} {key}={lr:g}: val top-1 {100 * rec['top1']:.2f}  ({rec['wall_seconds']:.0f} s)")
+    rows = []  # the summary covers every finished cell of the grid, whichever methods this call ran
+    for method, (key, rates) in GRID.items():
+        for lr in rates:
+            cell_file = out / "cells" / f"{method}__lr{lr:g}.json"
+            if cell_file.is_file():
+                rec = json.loads(cell_file.read_text())
+                rows.append(rec)
+                print(f"{method:<26} {key}={lr:g}: val top-1 {100 * rec['top1']:.2f}  ({rec['wall_seconds']:.0f} s)")
     best: dict[str, dict] = {}
     for r in rows:
         if r["method"] not in best or r["top1"] > best[r["method"]]["top1"]:

@@ -11,7 +11,9 @@ resumable cell by cell and keeps its config:
 All use config `fashion-mnist-sweep`, with `tdmr.distill` set to that config's `distill.train` so TDMR's
 distillation sees exactly as many student images as task-oriented distillation. `summary.md` /
 `summary.json` compare them with the baseline cells of the main sweep folder (`--baselines`,
-runs/sweeps/fashion-mnist-sweep/cells/{task-oriented,task-agnostic,scratch}__b10__s*.json) where present.
+benchmarks/results/sweep/cells/{task-oriented,task-agnostic,scratch}__b10__s*.json) where present.
+Ablations run on `--ablation-seeds` (default seed 0 only: each costs a full TDMR run) and are compared with
+the main group on the same seeds.
 """
 
 from __future__ import annotations
@@ -35,6 +37,8 @@ ABLATIONS: dict[str, list[str]] = {
     "map-linear-features": ["tdmr.label_mapping=linear-features"],
     "one-shot": ["tdmr.schedule=one-shot"],
     "joint": ["tdmr.schedule=joint", "tdmr.joint_weight=0.5"],
+    # issue 6's many-class check: the 1000-class source outputs stored in full instead of top-16 (64 B/view)
+    "proxy-full": ["tdmr.proxy_soft_labels=full"],
 }
 BASELINES = ("task-oriented", "task-agnostic", "scratch")
 REFERENCES = ("teacher-linear", "teacher-finetune")  # reported too when the main sweep has them
@@ -79,7 +83,8 @@ def _pct(x: float | None, signed: bool = False) -> str:
     return "-" if x is None else (f"{100 * x:+.2f}" if signed else f"{100 * x:.2f}")
 
 
-def summarize(out: Path, groups: list[str], budget: int, seeds: list[int], baselines: Path) -> dict[str, Any]:
+def summarize(out: Path, groups: list[str], budget: int, seeds: list[int], baselines: Path,
+              ablation_seeds: list[int] | None = None) -> dict[str, Any]:
     """Collect the finished cells of every group and the main sweep's baselines into summary.md/json."""
     def load(folder: Path, method: str) -> list[dict[str, Any]]:
         paths = [cell_path(folder, method, budget, s) for s in seeds]
@@ -98,6 +103,10 @@ def summarize(out: Path, groups: list[str], budget: int, seeds: list[int], basel
             if recs:
                 label = method if group == "main" else f"tdmr, {group} ({', '.join(ABLATIONS[group])})"
                 rows.append(_row(label, recs, task_oriented))
+    if ablation_seeds and ablation_seeds != seeds and "main" in groups and len(groups) > 1:
+        recs = [r for r in load(out / "main", "tdmr") if r["seed"] in ablation_seeds]
+        if recs:  # the main method on the ablations' seeds, so each ablation has a same-seed reference
+            rows.append(_row(f"tdmr (main) on seeds {','.join(map(str, ablation_seeds))}", recs, task_oriented))
     summary = {"budget": budget, "seeds": seeds, "baselines": str(baselines), "rows": rows}
     write_json(out / "summary.json", summary)
     lines = [
@@ -128,16 +137,18 @@ def main() -> None:
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--only", default=None, help="comma-separated groups: main and/or ablation names")
     ap.add_argument("--out", default="benchmarks/results/tdmr")
-    ap.add_argument("--baselines", default="runs/sweeps/fashion-mnist-sweep", help="the main sweep's folder")
+    ap.add_argument("--baselines", default="benchmarks/results/sweep", help="the main sweep's folder")
+    ap.add_argument("--ablation-seeds", default="0", help="seeds for the ablation groups (main uses --seeds)")
     ap.add_argument("--smoke", action="store_true", help="tiny version: 1 seed, 300 transfer images, 1 epoch")
     ap.add_argument("--set", dest="overrides", action="append", default=[], help="key=value for every group")
     args = ap.parse_args()
     out = Path(args.out)
     seeds = [int(s) for s in args.seeds.split(",")]
+    ablation_seeds = [int(s) for s in args.ablation_seeds.split(",")]
     groups = ["main", *ABLATIONS] if args.only is None else args.only.split(",")
     extra = list(args.overrides)
     if args.smoke:
-        seeds, extra = seeds[:1], [*SMOKE, *extra]
+        seeds, ablation_seeds, extra = seeds[:1], seeds[:1], [*SMOKE, *extra]
         groups = groups if args.only is not None else ["main", "prompt-none"]
     unknown = [g for g in groups if g != "main" and g not in ABLATIONS]
     if unknown:
@@ -148,8 +159,8 @@ def main() -> None:
         methods = ["tdmr", "distill-linear-probe"] if group == "main" else ["tdmr"]
         folder = out / (group if group == "main" else f"ablation-{group}")
         print(f"== {group}: {methods} -> {folder} {changes}")
-        run_sweep(cfg, methods, [args.budget], seeds, folder)
-    summary = summarize(out, groups, args.budget, seeds, Path(args.baselines))
+        run_sweep(cfg, methods, [args.budget], seeds if group == "main" else ablation_seeds, folder)
+    summary = summarize(out, groups, args.budget, seeds, Path(args.baselines), ablation_seeds)
     print((out / "summary.md").read_text())
     print(f"{len(summary['rows'])} rows -> {out / 'summary.md'}")
 
