@@ -10,7 +10,9 @@ format and the key changes. Layout under `<cache_dir>/teacher_outputs/`:
     <key>.partial/      a build in progress: the same arrays plus progress.json; an interrupted build
                         continues from its last recorded batch, and is renamed to <key>/ when complete
 
-Arrays are read memory-mapped: a batch gathers only its own rows.
+Arrays are read memory-mapped: a batch gathers only its own rows. Under a process group the ranks split
+the teacher's work and rank 0 writes (`build_teacher_outputs`); the result is byte-identical to one
+process's build (same batches, same device type and thread count).
 """
 
 from __future__ import annotations
@@ -20,21 +22,23 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch import nn
 from tqdm.auto import tqdm
 
 from taskdistill.cache.soft_labels import bytes_per_view, compress_topk, expand_topk
 from taskdistill.data.image_set import ImageSet
 from taskdistill.data.views import Views, model_input, replay_views
+from taskdistill.engine import distributed
 from taskdistill.engine.atomic import write_json
 from taskdistill.engine.batches import EpochSampler
+from taskdistill.errors import ConfigError
 
 CACHE_FORMAT = "teacher-outputs/2"
 OutputKind = str  # "logits" or "features" for a plain teacher; a teacher with `cache_outputs` names its own
@@ -160,12 +164,36 @@ def teacher_forward(teacher: nn.Module, images: torch.Tensor, views: Views, kind
     raise ValueError(f"unknown teacher output kind '{kind}' (logits or features)")
 
 
-def _work(n: int, num_views: int, batch_size: int) -> Iterator[tuple[int, torch.Tensor]]:
+def _work(n: int, num_views: int, batch_size: int) -> list[tuple[int, torch.Tensor]]:
     """The fixed order of a build: (view, image indices) batches, views outer."""
     batches = list(EpochSampler(n, batch_size, shuffle=False))
-    for v in range(num_views):
-        for idx in batches:
-            yield v, idx
+    return [(v, idx) for v in range(num_views) for idx in batches]
+
+
+def _gather_outputs(out: torch.Tensor | None) -> list[torch.Tensor | None]:
+    """Every rank's float32 `[b, K]` output of this round (None where a rank had no work), in rank order."""
+    if not distributed.is_distributed():
+        return [out]
+    world = distributed.world_size()
+    shape = torch.tensor(list(out.shape) if out is not None else [0, 0], dtype=torch.long)
+    shapes = [torch.empty(2, dtype=torch.long) for _ in range(world)]
+    dist.all_gather(shapes, shape)
+    rows, width = max(int(s[0]) for s in shapes), max(int(s[1]) for s in shapes)
+    padded = torch.zeros(rows, width)
+    if out is not None:
+        padded[: out.shape[0], : out.shape[1]] = out
+    parts = [torch.empty(rows, width) for _ in range(world)]
+    dist.all_gather(parts, padded)
+    return [p[: int(s[0]), : int(s[1])] if int(s[0]) else None for p, s in zip(parts, shapes, strict=True)]
+
+
+def _read_progress(folder: Path, batch_size: int) -> dict[str, Any]:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "progress.json"
+    progress = json.loads(path.read_text()) if path.is_file() else {}
+    if progress and progress.get("batch_size") != batch_size:
+        return {}  # another batch size orders the work differently: start over
+    return progress
 
 
 @torch.inference_mode()
@@ -177,18 +205,22 @@ def build_teacher_outputs(teacher: nn.Module, transfer: ImageSet, num_views: int
 
     Progress is recorded (after the arrays are flushed) every `flush_seconds`, so a crash loses at most
     that much work and never leaves a batch counted that was not written.
+
+    Under a process group the W ranks take the fixed work order W batches at a time (rank r runs batch
+    `done + W * round + r`: the same batches, so the same numbers, as one process), the outputs are
+    gathered, and rank 0 alone writes them. Progress counts batches of the one-process order, so a build
+    interrupted under one world size continues under another.
     """
     teacher.eval()
-    folder.mkdir(parents=True, exist_ok=True)
+    writer, rank, world = distributed.is_main(), distributed.rank(), distributed.world_size()
     progress_path = folder / "progress.json"
-    progress = json.loads(progress_path.read_text()) if progress_path.is_file() else {}
-    if progress and progress.get("batch_size") != batch_size:
-        progress = {}  # another batch size orders the work differently: start over
+    progress = distributed.on_main(lambda: _read_progress(folder, batch_size))
     done, num_outputs = progress.get("done_batches", 0), progress.get("num_outputs", 0)
     n = len(transfer)
-    total = -(-n // batch_size) * num_views
+    work = _work(n, num_views, batch_size)
+    total = len(work)
     values = indices = None
-    if done:
+    if done and writer:
         values = np.load(folder / "values.npy", mmap_mode="r+")
         indices = np.load(folder / "indices.npy", mmap_mode="r+") if storage.format == "topk" else None
     computed, last_flush = 0, time.monotonic()
@@ -200,35 +232,55 @@ def build_teacher_outputs(teacher: nn.Module, transfer: ImageSet, num_views: int
         write_json(progress_path, {"done_batches": count, "total_batches": total, "batch_size": batch_size,
                                    "num_outputs": num_outputs})
 
-    bar = tqdm(total=n * num_views, desc=f"teacher {kind}", unit="img", leave=False, mininterval=1.0, disable=None)
-    for step, (v, idx) in enumerate(_work(n, num_views, batch_size)):
-        if step < done:
-            bar.update(len(idx))
+    bar = tqdm(total=n * num_views, desc=f"teacher {kind}", unit="img", leave=False, mininterval=1.0,
+               disable=None if writer else True)
+    bar.update(sum(len(idx) for _, idx in work[:done]))
+    for first in range(done, total, world):
+        out = None
+        if first + rank < total:
+            v, idx = work[first + rank]
+            views = replay_views(idx, torch.full_like(idx, v), view_seed)
+            out = teacher_forward(teacher, transfer.images[idx].to(device), views, kind).float().cpu()
+        outs = _gather_outputs(out)
+        computed += sum(len(o) for o in outs if o is not None)
+        bar.update(sum(len(o) for o in outs if o is not None))
+        if not writer:
             continue
-        views = replay_views(idx, torch.full_like(idx, v), view_seed)
-        out = teacher_forward(teacher, transfer.images[idx].to(device), views, kind).float().cpu()
-        if values is None:
-            num_outputs = out.shape[1]
-            width = num_outputs if storage.format == "full" else min(storage.k, num_outputs)
-            values = np.lib.format.open_memmap(folder / "values.npy", "w+", np.float16, (n, num_views, width))
-            if storage.format == "topk":
-                _, sample_idx = compress_topk(out[:1], storage.k, storage.temperature)
-                indices = np.lib.format.open_memmap(folder / "indices.npy", "w+", sample_idx.dtype,
-                                                    (n, num_views, width))
-        rows = idx.numpy()
-        if storage.format == "full":
-            values[rows, v] = out.numpy().astype(np.float16)
-        else:
-            vals, ids = compress_topk(out, storage.k, storage.temperature)
-            values[rows, v], indices[rows, v] = vals, ids
-        computed += len(idx)
-        bar.update(len(idx))
+        for j, got in enumerate(outs):
+            if got is None:
+                continue
+            v, idx = work[first + j]
+            if values is None:
+                num_outputs = got.shape[1]
+                width = num_outputs if storage.format == "full" else min(storage.k, num_outputs)
+                values = np.lib.format.open_memmap(folder / "values.npy", "w+", np.float16, (n, num_views, width))
+                if storage.format == "topk":
+                    _, sample_idx = compress_topk(got[:1], storage.k, storage.temperature)
+                    indices = np.lib.format.open_memmap(folder / "indices.npy", "w+", sample_idx.dtype,
+                                                        (n, num_views, width))
+            rows = idx.numpy()
+            if storage.format == "full":
+                values[rows, v] = got.numpy().astype(np.float16)
+            else:
+                vals, ids = compress_topk(got, storage.k, storage.temperature)
+                values[rows, v], indices[rows, v] = vals, ids
         if time.monotonic() - last_flush > flush_seconds:
-            flush(step + 1)
+            flush(min(first + world, total))
             last_flush = time.monotonic()
     bar.close()
-    flush(total)
-    return computed, num_outputs
+    if writer:
+        flush(total)
+    return computed, distributed.broadcast_object(num_outputs)
+
+
+def _finish_build(partial: Path, final: Path, meta: dict[str, Any]) -> None:
+    """Write meta.json into the finished `<key>.partial` and rename it to `<key>` (rank 0)."""
+    write_json(partial / "meta.json", meta)
+    (partial / "progress.json").unlink(missing_ok=True)
+    if final.exists():  # a concurrent build finished first; keep one
+        shutil.rmtree(partial)
+    else:
+        os.replace(partial, final)
 
 
 def cached_teacher_outputs(teacher: nn.Module, transfer: ImageSet, num_views: int, view_seed: int,
@@ -239,27 +291,28 @@ def cached_teacher_outputs(teacher: nn.Module, transfer: ImageSet, num_views: in
     Returns the outputs and an info dict: `key`, `hit` (bool), `seconds`, `teacher_images` (forward
     passes in this call), `bytes_per_view`, `path`.
     """
+    if not isinstance(transfer, ImageSet):
+        raise ConfigError(f"teacher outputs are cached for an in-memory transfer set, got a {type(transfer).__name__}; "
+                          f"a streamed (wds:) transfer set runs the teacher on the fly and works with the task-oriented "
+                          f"distill stage only. Use distill.transfer.source=unlabeled or a manifest for this method")
     key = cache_key(teacher, transfer, num_views, view_seed, kind, storage)
     root = Path(cache_dir) / "teacher_outputs"
     final, partial = root / key, root / f"{key}.partial"
-    hit = (final / "meta.json").is_file()
+    hit = distributed.on_main(lambda: (final / "meta.json").is_file())
     seconds, computed = 0.0, 0
     if not hit:
         start = time.perf_counter()
         computed, num_outputs = build_teacher_outputs(teacher, transfer, num_views, view_seed, partial, batch_size,
                                                       device, kind, storage)
         seconds = time.perf_counter() - start
-        write_json(partial / "meta.json", {
+        meta = {
             "format": CACHE_FORMAT, "key": key, "kind": kind, "num_images": len(transfer), "num_views": num_views,
             "num_outputs": num_outputs, "storage": storage.key_parts(),
             "temperature": storage.temperature if storage.format == "topk" else None,
             "teacher": teacher.spec.to_dict() if hasattr(teacher, "spec") else type(teacher).__name__,
-            "seconds": seconds})
-        (partial / "progress.json").unlink(missing_ok=True)
-        if final.exists():  # a concurrent build finished first; keep one
-            shutil.rmtree(partial)
-        else:
-            os.replace(partial, final)
+            "seconds": seconds}
+        distributed.on_main(lambda: _finish_build(partial, final, meta))
+    distributed.check_visible(final / "meta.json", "teacher-output cache")
     outputs = TeacherOutputs.open(final)
     if outputs.shape[:2] != (len(transfer), num_views):
         raise RuntimeError(f"teacher-output cache {final} holds {outputs.shape[:2]}, expected "

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import sys
 
 from taskdistill.errors import TaskDistillError
 from taskdistill.version import __version__
+
+# Verbs that split their work over the processes of `torchrun` (docs/distributed.md).
+DISTRIBUTED_VERBS = ("run", "teacher-finetune", "distill", "finetune", "evaluate", "sweep", "embed")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -24,8 +29,18 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    from taskdistill.engine import distributed
+
+    if distributed.launched_by_torchrun() and args.verb not in DISTRIBUTED_VERBS:
+        print(f"taskdistill: error: `{args.verb}` runs in one process; launch it without torchrun (verbs that "
+              f"split their work over processes: {', '.join(DISTRIBUTED_VERBS)})", file=sys.stderr)
+        return 2
     try:
-        return int(args.func(args) or 0)
+        # Under `torchrun --nproc_per_node N taskdistill ...` every process runs the verb in one process group;
+        # rank 0 prints the results (the others' stdout is dropped; errors still reach stderr).
+        with distributed.session() as here, open(os.devnull, "w") as quiet:
+            with contextlib.redirect_stdout(quiet if not here.is_main else sys.stdout):
+                return int(args.func(args) or 0)
     except TaskDistillError as e:
         print(f"taskdistill: error: {e}", file=sys.stderr)
         return 2

@@ -18,6 +18,11 @@ def run(args: argparse.Namespace) -> int:
     from taskdistill.pipelines.task_oriented import run_task_oriented
 
     cfg = config_from_args(args)
-    result = run_task_oriented(cfg, run_mode(args))
+    if cfg.task == "segmentation":
+        from taskdistill.pipelines.seg_run import run_segmentation
+
+        result = run_segmentation(cfg, run_mode(args))
+    else:
+        result = run_task_oriented(cfg, run_mode(args))
     print(f"\nrun folder: {result.path}")
     return 0

@@ -5,8 +5,14 @@ from __future__ import annotations
 
 import argparse
 import json
+from typing import TYPE_CHECKING
 
 from taskdistill.cli.common import add_config_args, config_from_args
+
+if TYPE_CHECKING:
+    import torch
+
+    from taskdistill.config.schema import RunConfig
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -42,8 +48,11 @@ def _stage_verb(args: argparse.Namespace) -> int:
     if args.redo:
         for stage in args.stages:
             forget_stage(folder, stage)
-    result = run_task_oriented(cfg, mode="resume", stages=args.stages, teacher_checkpoint=getattr(args, "teacher", None),
-                               student_checkpoint=getattr(args, "student", None))
+    run = run_task_oriented
+    if cfg.task == "segmentation":
+        from taskdistill.pipelines.seg_run import run_segmentation as run
+    result = run(cfg, mode="resume", stages=args.stages, teacher_checkpoint=getattr(args, "teacher", None),
+                 student_checkpoint=getattr(args, "student", None))
     print(f"\nrun folder: {result.path}")
     return 0
 
@@ -58,6 +67,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     set_threads(cfg.num_threads)
     device = resolve_device(cfg.device)
     meta = read_meta(args.checkpoint)
+    if cfg.task == "segmentation" or meta.get("task") == "segmentation":
+        return _evaluate_segmentation(args, cfg, device)
     data = load_task_data(cfg.data, cfg.data.load_size or meta["preprocess"]["input_size"])
     model, _ = load_checkpoint(args.checkpoint, expect_classes=data.class_names)
     metrics = evaluate_model(model.to(device), data.test, device, cfg.eval_batch_size, "evaluate")
@@ -68,4 +79,26 @@ def _evaluate(args: argparse.Namespace) -> int:
               f"macro {100 * metrics['macro_accuracy']:.2f}%  on {metrics['num_images']} test images")
         for name, acc in metrics["per_class_accuracy"].items():
             print(f"  {name:<20} {100 * acc:6.2f}%")
+    return 0
+
+
+def _evaluate_segmentation(args: argparse.Namespace, cfg: RunConfig, device: torch.device) -> int:
+    from taskdistill.engine.checkpoint import load_checkpoint
+    from taskdistill.errors import ConfigError
+    from taskdistill.pipelines.seg_prepare import load_seg_task_data
+    from taskdistill.pipelines.seg_stages import evaluate_seg_model
+
+    if cfg.task != "segmentation":
+        raise ConfigError(f"'{args.checkpoint}' is a segmentation checkpoint; evaluate it with a segmentation config "
+                          f"(e.g. seg-composite, or --set task=segmentation with the matching data settings)")
+    data = load_seg_task_data(cfg)
+    model, meta = load_checkpoint(args.checkpoint, expect_classes=data.class_names)
+    metrics = evaluate_seg_model(model.to(device), data.test, device, cfg.eval_batch_size, "evaluate")
+    if args.json:
+        print(json.dumps(metrics, indent=2))
+    else:
+        print(f"{meta['model']['name']} ({meta['stage']}): mIoU {100 * metrics['miou']:.2f}%  pixel accuracy "
+              f"{100 * metrics['pixel_accuracy']:.2f}%  on {metrics['num_images']} test images")
+        for name, iou in metrics["per_class_iou"].items():
+            print(f"  {name:<20} " + ("     -" if iou is None else f"{100 * iou:6.2f}%"))
     return 0

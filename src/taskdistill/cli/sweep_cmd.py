@@ -21,7 +21,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_config_args(p)
     p.add_argument("--methods", default="scratch,pretrained-finetune,task-agnostic,task-oriented,teacher-finetune",
                    help=f"comma-separated, from: {', '.join(METHODS)}")
-    p.add_argument("--budgets", type=_ints, default=[1, 5, 10, 50], help="labels per class, e.g. 1,5,10,50")
+    p.add_argument("--budgets", type=_ints, default=[1, 5, 10, 50],
+                   help="labels per class, e.g. 1,5,10,50 (task: segmentation: labeled images)")
     p.add_argument("--seeds", type=_ints, default=[0, 1, 2])
     p.add_argument("--out", default=None, help="sweep folder (default: <output_dir>/sweeps/<name>)")
     p.add_argument("--force", action="store_true", help="discard finished cells and start over")

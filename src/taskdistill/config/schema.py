@@ -68,9 +68,13 @@ class TeacherConfig:
 class TransferConfig:
     """The unlabeled images the teacher's predictions are distilled over."""
 
-    source: str = "unlabeled"  # "unlabeled": the task's training images minus the labeled ones; or a manifest path
+    source: str = "unlabeled"  # "unlabeled": the task's training images minus the labeled ones; or a manifest path;
+    # or "wds:SPEC": webdataset tar shards streamed (folder, brace pattern or glob; local or fsspec URL), docs/distributed.md
     max_images: int | None = 20000
     views: int = 1  # cached teacher views per image (view 0: plain, view 1: mirrored, v >= 2: random crops)
+    epoch_images: int | None = None  # wds: images per epoch; None: all images in the shards (counted), capped at max_images
+    workers: int = 0  # wds: DataLoader workers per process that read and decode shards
+    shuffle_buffer: int = 1000  # wds: samples shuffled within each reader's buffer
 
 
 @dataclass
@@ -138,6 +142,35 @@ class TDMRConfig:
 
 
 @dataclass
+class CompositeConfig:
+    """The built-in segmentation task `fashion-composite` (data/composite.py): Fashion-MNIST items on textures."""
+
+    train_images: int = 6000  # the training pool: labeled images are drawn from it, the rest is the transfer set
+    test_images: int = 1000
+    canvas_size: int = 64
+    min_items: int = 1
+    max_items: int = 3
+    min_scale: float = 0.4  # item side as a share of the canvas side
+    max_scale: float = 0.65
+    classes: Literal["garments", "groups"] = "groups"  # background + 5 garment groups, or + the 10 garments
+    seed: int = 0  # fixes every canvas of both splits (the run seed only picks the labeled images)
+
+
+@dataclass
+class SegmentationConfig:
+    """What `task: segmentation` adds (docs/segmentation.md). Models are `<backbone>` names wrapped with an
+    FPN head; data.dataset is `fashion-composite` or `seg-folder` (data.root / data.test_root)."""
+
+    labeled_images: int = 16  # the few-shot budget, in images (a sweep's budgets set it)
+    val_images: int = 0  # carved out of the labeled images
+    ignore_index: int = 255
+    head_width: int = 64  # FPN head channels, teacher and student
+    cache_grid: int | None = None  # teacher logits cached at this side; None: the teacher head's own grid
+    feature_level: int = -2  # task-agnostic: which teacher backbone level is matched (-2: stride 16 on conv nets)
+    composite: CompositeConfig = field(default_factory=CompositeConfig)
+
+
+@dataclass
 class RunConfig:
     """Everything one `taskdistill run` needs; written into the run folder and every checkpoint."""
 
@@ -154,3 +187,5 @@ class RunConfig:
     feature_distill: FeatureDistillConfig = field(default_factory=FeatureDistillConfig)
     tdmr: TDMRConfig = field(default_factory=TDMRConfig)
     baselines: list[str] = field(default_factory=lambda: ["scratch"])
+    task: Literal["classification", "segmentation"] = "classification"
+    segmentation: SegmentationConfig = field(default_factory=SegmentationConfig)

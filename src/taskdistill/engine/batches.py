@@ -1,37 +1,69 @@
 """Index batches for one epoch, and the batch sources that turn indices into tensors.
 
-The sampler is the only place that knows about ranks: under DDP each rank takes every `world_size`-th
-batch of the same shuffled order, so the loop itself stays the same.
+Under DDP `schedule.batch_size` is the *global* batch: every rank walks the same seeded order of batches
+and takes its own contiguous part of each (`rank_part`), so a run on N processes takes the same steps on
+the same batches as one process, and DDP's averaged gradient is the one-process gradient.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import torch
 
 from taskdistill.data.image_set import ImageSet
 
 Batch = dict[str, torch.Tensor]
+# Added to a batch by `fit` under DDP: int64 [2] = (first row of this rank's part in the global batch,
+# global batch size). Tasks that draw random augmentation per row draw it for the global batch and keep
+# their rows (`batch_rows`), so every rank's random stream, and the result, match one process.
+ROWS_KEY = "batch_rows"
+
+
+def rank_part(indices: torch.Tensor, rank: int, world_size: int) -> torch.Tensor:
+    """This rank's contiguous part of a global batch `[B]` (parts differ in size by at most one)."""
+    if world_size == 1:
+        return indices
+    return indices.tensor_split(world_size)[rank]
+
+
+def part_start(size: int, rank: int, world_size: int) -> int:
+    """Index of the first row of `rank`'s part in a global batch of `size` rows (see `rank_part`)."""
+    base, extra = divmod(size, world_size)
+    return rank * base + min(rank, extra)
+
+
+def batch_rows(batch: Batch, local_size: int) -> tuple[int, slice]:
+    """(global batch size, slice of this rank's rows in it); `(local_size, all rows)` outside DDP."""
+    rows = batch.get(ROWS_KEY)
+    if rows is None:
+        return local_size, slice(0, local_size)
+    start, total = (int(v) for v in rows.tolist())
+    return total, slice(start, start + local_size)
 
 
 class EpochSampler:
-    """Shuffled (by `seed` and epoch) or ordered index batches over `n` items; rank-aware."""
+    """Shuffled (by `seed` and epoch) or ordered index batches over `n` items; rank-aware.
+
+    With `world_size > 1` each batch is this rank's part of the global batch (`rank_part`); the number of
+    batches per epoch does not depend on the world size.
+    """
 
     def __init__(self, n: int, batch_size: int, shuffle: bool, seed: int = 0, drop_last: bool = False,
                  rank: int = 0, world_size: int = 1) -> None:
         if n <= 0:
             raise ValueError("cannot sample batches from an empty set")
         self.n, self.batch_size, self.shuffle, self.seed = n, batch_size, shuffle, seed
-        self.drop_last = drop_last and n >= batch_size * world_size
+        self.drop_last = drop_last and n >= batch_size
         self.rank, self.world_size = rank, world_size
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
-    def _all_batches(self) -> list[torch.Tensor]:
+    def global_batches(self) -> list[torch.Tensor]:
+        """The epoch's global batches, the same on every rank."""
         if self.shuffle:
             order = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed * 100_003 + self.epoch))
         else:
@@ -39,14 +71,15 @@ class EpochSampler:
         batches = list(order.split(self.batch_size))
         if self.drop_last and len(batches[-1]) < self.batch_size:
             batches.pop()
-        usable = len(batches) - len(batches) % self.world_size if self.world_size > 1 else len(batches)
-        return batches[:usable]
+        return batches
 
     def __iter__(self) -> Iterator[torch.Tensor]:
-        yield from self._all_batches()[self.rank :: self.world_size]
+        for b in self.global_batches():
+            yield rank_part(b, self.rank, self.world_size)
 
     def __len__(self) -> int:
-        return len(self._all_batches()) // self.world_size
+        full, rest = divmod(self.n, self.batch_size)
+        return full + (1 if rest and not self.drop_last else 0)
 
 
 class BatchSource(Protocol):
@@ -55,6 +88,19 @@ class BatchSource(Protocol):
     def __len__(self) -> int: ...
 
     def batch(self, indices: torch.Tensor, epoch: int) -> Batch: ...
+
+
+@runtime_checkable
+class StreamSource(Protocol):
+    """A source read as a stream (no random access): a defined number of steps per epoch, and this rank's
+    batches of one epoch. `epoch_batches` must yield exactly `steps_per_epoch(batch_size)` batches on every
+    rank, each this rank's part of a global batch of `batch_size` rows."""
+
+    def __len__(self) -> int: ...
+
+    def steps_per_epoch(self, batch_size: int) -> int: ...
+
+    def epoch_batches(self, epoch: int, batch_size: int, rank: int, world_size: int) -> Iterator[Batch]: ...
 
 
 class ImageBatches:

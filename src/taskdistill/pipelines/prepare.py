@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -11,16 +12,21 @@ from taskdistill.config.schema import DataConfig, RunConfig, TransferConfig
 from taskdistill.data.image_set import UNLABELED, ImageSet
 from taskdistill.data.sources import TaskData, decode_images, load_dataset
 from taskdistill.data.splits import FewShotSplit, few_shot_split
+from taskdistill.engine import distributed
 from taskdistill.errors import DataError
+
+if TYPE_CHECKING:
+    from taskdistill.data.streaming import ShardStream
 
 
 @dataclass
 class PreparedData:
-    """Every image set a run uses. `transfer` never holds labeled, validation or test images."""
+    """Every image set a run uses. `transfer` never holds labeled, validation or test images; it is a
+    `ShardStream` for a streamed (`wds:`) source."""
 
     labeled: ImageSet
     val: ImageSet | None
-    transfer: ImageSet
+    transfer: ImageSet | ShardStream
     test: ImageSet
     split: FewShotSplit
 
@@ -86,6 +92,21 @@ def build_transfer_set(task: TaskData, split: FewShotSplit, cfg: TransferConfig,
     return pool
 
 
+def stream_transfer_set(cfg: TransferConfig, seed: int, load_size: int, on_bad_image: str) -> ShardStream:
+    """A `wds:` transfer source as a stream: shards listed (and, without `epoch_images`, counted) by rank 0."""
+    from taskdistill.data.streaming import ShardStream, count_images, expand_shards
+
+    urls = distributed.on_main(lambda: expand_shards(cfg.source))
+    epoch = cfg.epoch_images
+    if epoch is None:
+        total = distributed.on_main(lambda: count_images(urls))
+        if total == 0:
+            raise DataError(f"the shards of '{cfg.source}' hold no images (distill.transfer.source)")
+        epoch = min(total, cfg.max_images) if cfg.max_images is not None else total
+    return ShardStream(urls, load_size, epoch, seed, cfg.views, cfg.workers, cfg.shuffle_buffer,
+                       on_bad_image)  # type: ignore[arg-type]
+
+
 def prepare_data(cfg: RunConfig) -> PreparedData:
     """Everything data-related a run needs, validated before any run folder is written."""
     size = load_size_for(cfg)
@@ -94,7 +115,10 @@ def prepare_data(cfg: RunConfig) -> PreparedData:
     split_seed = cfg.seed if d.split_seed is None else d.split_seed
     split = few_shot_split(task.train.labels, task.class_names, split_seed, d.labels_per_class, d.max_per_class,
                            d.label_fraction, d.val_per_class)
-    transfer = build_transfer_set(task, split, cfg.distill.transfer, split_seed, size, d.on_bad_image)
+    if cfg.distill.transfer.source.startswith("wds:"):
+        transfer: ImageSet | ShardStream = stream_transfer_set(cfg.distill.transfer, cfg.seed, size, d.on_bad_image)
+    else:
+        transfer = build_transfer_set(task, split, cfg.distill.transfer, split_seed, size, d.on_bad_image)
     return PreparedData(
         labeled=task.train.subset(split.labeled),
         val=task.train.subset(split.val) if len(split.val) else None,

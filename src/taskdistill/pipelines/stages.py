@@ -1,7 +1,8 @@
 """The stages every method chains: teacher finetune, distillation, student finetune, evaluation.
 
 Each stage takes config sections and prepared data, runs the one loop with its task, and returns the
-model and a dict of what it cost (images through the teacher and the student, seconds).
+model and a dict of what it cost (images through the teacher and the student, seconds). Under torchrun
+every rank runs the same stage: `fit` syncs gradients through DDP and `evaluate` sums metrics over ranks.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from torch import nn
 from taskdistill.cache.teacher_outputs import Storage, cached_teacher_outputs
 from taskdistill.config.schema import DistillConfig, ModelConfig, OptimConfig, TeacherConfig
 from taskdistill.data.image_set import ImageSet
+from taskdistill.data.streaming import ShardStream
 from taskdistill.engine.batches import ImageBatches, ViewBatches
 from taskdistill.engine.compute import count_parameters
 from taskdistill.engine.evaluate import evaluate
@@ -23,6 +25,7 @@ from taskdistill.engine.loop import FitResult, Schedule, fit
 from taskdistill.models.registry import create_model
 from taskdistill.tasks import DistillTask, SupervisedTask
 from taskdistill.tasks.linear_probe import FeatureBatches, LinearProbeTask, pooled_features
+from taskdistill.tasks.online_distill import OnlineDistillTask
 
 
 def schedule_of(opt: OptimConfig) -> Schedule:
@@ -75,12 +78,15 @@ def train_teacher(teacher: nn.Module, cfg: TeacherConfig, labeled: ImageSet, see
     return info
 
 
-def distill(student: nn.Module, teacher: nn.Module, transfer: ImageSet, cfg: DistillConfig, cache_dir: str | Path,
-            seed: int, device: torch.device, eval_batch_size: int = 256) -> dict[str, Any]:
+def distill(student: nn.Module, teacher: nn.Module, transfer: ImageSet | ShardStream, cfg: DistillConfig,
+            cache_dir: str | Path, seed: int, device: torch.device, eval_batch_size: int = 256) -> dict[str, Any]:
     """Stage 2: KL between softened teacher and student predictions over the transfer set.
 
-    The teacher's outputs for every (image, view) come from the on-disk cache (computed on a miss).
+    In-memory transfer set: the teacher's outputs for every (image, view) come from the on-disk cache
+    (computed on a miss). Streamed (`wds:`) transfer set: the teacher runs on the fly on every batch.
     """
+    if not isinstance(transfer, ImageSet):
+        return _distill_streamed(student, teacher, transfer, cfg, seed, device)
     views = cfg.transfer.views
     outputs, cache_info = cached_teacher_outputs(teacher, transfer, views, view_seed=seed, cache_dir=cache_dir,
                                                  batch_size=eval_batch_size, device=device, storage=storage_of(cfg))
@@ -90,6 +96,19 @@ def distill(student: nn.Module, teacher: nn.Module, transfer: ImageSet, cfg: Dis
     return {**_fit_info(result), "cache": cache_info, "teacher_images": cache_info["teacher_images"],
             "transfer_images": len(transfer), "temperature": cfg.temperature, "views": views,
             "soft_labels": cfg.soft_labels, "bytes_per_view": cache_info["bytes_per_view"]}
+
+
+def _distill_streamed(student: nn.Module, teacher: nn.Module, transfer: ShardStream, cfg: DistillConfig, seed: int,
+                      device: torch.device) -> dict[str, Any]:
+    """Distillation over a stream of shards, the teacher on the fly (one teacher forward per student image)."""
+    teacher.to(device).eval()
+    task = OnlineDistillTask(student, teacher, cfg.temperature, view_seed=seed)
+    result = fit(task, transfer, schedule_of(cfg.train), seed=seed, device=device, desc="distill (streamed)")
+    cache = {"hit": False, "seconds": 0.0, "teacher_images": result.images_seen, "bytes_per_view": 0,
+             "mode": "teacher on the fly"}
+    return {**_fit_info(result), "cache": cache, "teacher_images": result.images_seen,
+            "transfer_images": len(transfer), "temperature": cfg.temperature, "views": cfg.transfer.views,
+            "soft_labels": "on the fly", "bytes_per_view": 0, "shards": len(transfer.urls)}
 
 
 def storage_of(cfg: DistillConfig) -> Storage:

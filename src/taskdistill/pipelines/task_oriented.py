@@ -2,7 +2,8 @@
 
 teacher finetune -> teacher outputs cached over the transfer set -> distillation -> student finetune,
 plus the baselines named in `cfg.baselines` (now: `scratch`), each evaluated on the test split.
-Single-stage CLI verbs run a subset of the same stages in the same folder.
+Single-stage CLI verbs run a subset of the same stages in the same folder. Under torchrun every rank runs
+this code; rank 0 writes the folder, checkpoints and reports (`RunFolder`, `save_checkpoint`).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from torch import nn
 
 from taskdistill.config.load import dump_yaml, to_dict
 from taskdistill.config.schema import RunConfig
+from taskdistill.engine import distributed
 from taskdistill.engine.atomic import write_json, write_text
 from taskdistill.engine.checkpoint import load_checkpoint, save_checkpoint
 from taskdistill.engine.compute import count_parameters
@@ -164,7 +166,8 @@ def write_reports(folder: RunFolder, cfg: RunConfig, data: PreparedData) -> RunR
     skipped = sorted(set(data.labeled.skipped) | set(data.test.skipped))
     metrics = {"data": data.summary(), "skipped_images": skipped, "rows": rows,
                "stages": {s: folder.stage_info(s) for s in STAGES if folder.stage_done(s)}}
-    write_json(folder.path / "metrics.json", metrics)
     report = run_report(cfg.name, data.summary(), rows, skipped)
-    write_text(folder.path / "report.md", report)
+    if distributed.is_main():  # every rank holds the same rows; one writes them
+        write_json(folder.path / "metrics.json", metrics)
+        write_text(folder.path / "report.md", report)
     return RunResult(folder.path, rows, report)

@@ -22,6 +22,7 @@ from taskdistill.report.markdown import markdown_table
 
 Groups = dict[str, dict[int, list[float]]]
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "h", "<", ">")
+LABELS_PER_CLASS = "labels per class"  # what a budget counts: this, or e.g. "labeled images" (segmentation)
 
 
 # ---- number formatting (the only place numbers become text) -------------------------------------
@@ -41,7 +42,13 @@ def _secs(x: float | None) -> str:
 
 
 def _metric_name(metric: str) -> str:
-    return {"top1": "top-1 accuracy", "macro_accuracy": "macro accuracy"}.get(metric, metric)
+    return {"top1": "top-1 accuracy", "macro_accuracy": "macro accuracy", "miou": "mIoU",
+            "pixel_accuracy": "pixel accuracy", "mean_accuracy": "mean pixel accuracy"}.get(metric, metric)
+
+
+def _unit_header(budget_unit: str) -> str:
+    """Column suffix of a budget: `labels/class` (classification) or the unit as given (`labeled images`)."""
+    return "labels/class" if budget_unit == LABELS_PER_CLASS else budget_unit
 
 
 # ---- records --------------------------------------------------------------------------------------
@@ -122,7 +129,8 @@ def load_results(folder_or_file: Path) -> list[dict[str, Any]]:
 
 
 # ---- table ----------------------------------------------------------------------------------------
-def _table(records: Sequence[dict[str, Any]], metric: str) -> tuple[list[str], list[list[tuple[str, bool]]]]:
+def _table(records: Sequence[dict[str, Any]], metric: str,
+           budget_unit: str = LABELS_PER_CLASS) -> tuple[list[str], list[list[tuple[str, bool]]]]:
     """Headers and rows of (text, bold) cells, shared by the markdown and HTML renderings."""
     groups = _group(records, metric)
     budgets = _budgets(groups)
@@ -136,18 +144,18 @@ def _table(records: Sequence[dict[str, Any]], metric: str) -> tuple[list[str], l
             row.append(("–", False) if v is None else (_cell(v, show_n), round(100 * _mean_std(v)[0], 2) == best[b]))
         row.append((_secs(_mean_seconds(records, method)), False))
         rows.append(row)
-    headers = ["method"] + [f"{b} labels/class" for b in budgets] + ["mean wall time (s)"]
+    headers = ["method"] + [f"{b} {_unit_header(budget_unit)}" for b in budgets] + ["mean wall time (s)"]
     return headers, rows
 
 
-def summary_table(records: Sequence[dict[str, Any]], metric: str = "top1") -> str:
+def summary_table(records: Sequence[dict[str, Any]], metric: str = "top1", budget_unit: str = LABELS_PER_CLASS) -> str:
     """Markdown table: methods x budgets, `mean ± std` of `metric` in %, best mean per budget in bold."""
-    headers, rows = _table(records, metric)
+    headers, rows = _table(records, metric, budget_unit)
     return markdown_table(headers, [[f"**{t}**" if bold else t for t, bold in row] for row in rows])
 
 
-def _html_table(records: Sequence[dict[str, Any]], metric: str) -> str:
-    headers, rows = _table(records, metric)
+def _html_table(records: Sequence[dict[str, Any]], metric: str, budget_unit: str = LABELS_PER_CLASS) -> str:
+    headers, rows = _table(records, metric, budget_unit)
     head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
     body = "".join("<tr>" + "".join(
         f"<td><strong>{html.escape(t)}</strong></td>" if bold else f"<td>{html.escape(t)}</td>" for t, bold in row
@@ -180,11 +188,12 @@ def _save(fig: Any, ax: Any, path: Path, legend_title: str = "method") -> None:
         fig.savefig(tmp, format="png")
 
 
-def plot_accuracy_vs_labels(records: Sequence[dict[str, Any]], path: Path, metric: str = "top1") -> None:
-    """PNG: `metric` (%) against labels per class, one line per method with sample-std error bars."""
+def plot_accuracy_vs_labels(records: Sequence[dict[str, Any]], path: Path, metric: str = "top1",
+                            budget_unit: str = LABELS_PER_CLASS) -> None:
+    """PNG: `metric` (%) against the label budget, one line per method with sample-std error bars."""
     groups = _group(records, metric)
     budgets = _budgets(groups)
-    fig, ax = _new_axes(f"{_metric_name(metric)} vs labels per class (mean ± std over seeds)")
+    fig, ax = _new_axes(f"{_metric_name(metric)} vs {budget_unit} (mean ± std over seeds)")
     for i, (method, per_budget) in enumerate(groups.items()):
         xs = sorted(per_budget)
         stats = [_mean_std(per_budget[b]) for b in xs]
@@ -193,12 +202,13 @@ def plot_accuracy_vs_labels(records: Sequence[dict[str, Any]], path: Path, metri
     _log_if_wide(ax, budgets)
     ax.set_xticks(budgets, labels=[str(b) for b in budgets])
     ax.minorticks_off()
-    ax.set_xlabel("labels per class")
+    ax.set_xlabel(budget_unit)
     ax.set_ylabel(f"{_metric_name(metric)} (%)")
     _save(fig, ax, Path(path))
 
 
-def plot_accuracy_vs_compute(records: Sequence[dict[str, Any]], path: Path, metric: str = "top1") -> None:
+def plot_accuracy_vs_compute(records: Sequence[dict[str, Any]], path: Path, metric: str = "top1",
+                             budget_unit: str = LABELS_PER_CLASS) -> None:
     """PNG: `metric` (%) against mean wall-clock seconds per run; one marker per method, points labelled by budget.
 
     Wall time is the one compute measure every cell records end to end (teacher, distillation, finetune).
@@ -223,7 +233,7 @@ def plot_accuracy_vs_compute(records: Sequence[dict[str, Any]], path: Path, metr
     ax.margins(x=0.1)  # room for the budget labels right of the last points
     ax.set_xlabel("wall-clock training time per run (s, mean over seeds)")
     ax.set_ylabel(f"{_metric_name(metric)} (%)")
-    _save(fig, ax, Path(path), legend_title="method\n(point labels:\nlabels per class)")
+    _save(fig, ax, Path(path), legend_title=f"method\n(point labels:\n{budget_unit})")
 
 
 # ---- report ---------------------------------------------------------------------------------------
@@ -234,17 +244,20 @@ img{max-width:100%;border:1px solid #eee;margin:.5em 0}.note{color:#666;font-siz
 
 
 def write_sweep_report(records: list[dict[str, Any]], folder: Path, title: str,
-                       metric: str = "top1") -> dict[str, Path]:
-    """Write results.json/.csv, the two PNGs, report.md and a self-contained report.html; return their paths."""
+                       metric: str = "top1", budget_unit: str = LABELS_PER_CLASS) -> dict[str, Path]:
+    """Write results.json/.csv, the two PNGs, report.md and a self-contained report.html; return their paths.
+
+    `metric`: the record key tabled and plotted (`top1`; `miou` for segmentation); `budget_unit`: what a
+    budget counts (`labels per class`; `labeled images` for segmentation)."""
     folder = Path(folder)
-    table = summary_table(records, metric)  # validates before anything is written
+    table = summary_table(records, metric, budget_unit)  # validates before anything is written
     write_results(records, folder)
     paths = {"results_json": folder / "results.json", "results_csv": folder / "results.csv",
              "accuracy_vs_labels": folder / "accuracy_vs_labels.png"}
-    plot_accuracy_vs_labels(records, paths["accuracy_vs_labels"], metric)
+    plot_accuracy_vs_labels(records, paths["accuracy_vs_labels"], metric, budget_unit)
     if any(r.get("seconds") is not None for r in records):
         paths["accuracy_vs_compute"] = folder / "accuracy_vs_compute.png"
-        plot_accuracy_vs_compute(records, paths["accuracy_vs_compute"], metric)
+        plot_accuracy_vs_compute(records, paths["accuracy_vs_compute"], metric, budget_unit)
     seeds = {r.get("seed") for r in records}
     note = (f"Cells: `{metric}` in %, mean ± sample std (ddof=1) over seeds ({len(seeds)} distinct); "
             "best mean per budget in bold. Wall time: mean `seconds` per run of the method.")
@@ -256,7 +269,7 @@ def write_sweep_report(records: list[dict[str, Any]], folder: Path, title: str,
                    f'{base64.b64encode(p.read_bytes()).decode("ascii")}">\n' for k, p in pngs)
     page = (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
             f"<style>{_CSS}</style></head>\n<body>\n<h1>{html.escape(title)}</h1>\n"
-            f'<p class="note">{html.escape(note).replace("`", "")}</p>\n{_html_table(records, metric)}\n'
+            f'<p class="note">{html.escape(note).replace("`", "")}</p>\n{_html_table(records, metric, budget_unit)}\n'
             f"{imgs}</body></html>\n")
     paths["report_html"] = folder / "report.html"
     write_text(paths["report_html"], page)

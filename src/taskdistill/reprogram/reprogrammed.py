@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from taskdistill.data.views import Views, random_views, render
-from taskdistill.engine.batches import Batch, EpochSampler
+from taskdistill.engine.batches import Batch, EpochSampler, batch_rows
 from taskdistill.reprogram.visual_prompt import VisualPrompt
 
 HeadInput = Literal["logits", "features"]
@@ -161,7 +161,10 @@ class ReprogramTask:
         images, labels = batch["images"], batch["labels"]
         views = None
         if self.augment != "none":
-            views = random_views(len(images), self.rng, crop=self.augment == "crop-flip", flip=True)
+            # Drawn for the global batch under DDP (every rank the same draws), then this rank's rows.
+            total, rows = batch_rows(batch, len(images))
+            drawn = random_views(total, self.rng, crop=self.augment == "crop-flip", flip=True)
+            views = Views(drawn.boxes[rows], drawn.flips[rows])
         logits = self.model(images, views)["target_logits"]
         loss = F.cross_entropy(logits, labels, label_smoothing=self.label_smoothing)
         acc = (logits.detach().argmax(1) == labels).float().mean()

@@ -7,6 +7,8 @@ Folder layout (`OUT/`):
     sig-00000.npy ...         `[n, SIG_DIM]` float16 pixel signatures (see `pixel_signature`)
 Each shard is written atomically (signature first, embedding last), so a shard whose `emb-*.npy` exists is
 complete; a rerun with the same pool and encoder keeps finished shards and continues at the first missing one.
+Under a process group (torchrun) the ranks split the missing shards (rank r takes every W-th), each writes
+its own shard files, and rank 0 writes the metadata: the folder is byte-identical to one process's.
 Unreadable images (with `on_bad_image="skip"`) get an all-zero embedding and are never curated.
 """
 
@@ -26,6 +28,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from taskdistill.data.views import Views, model_input, render
+from taskdistill.engine import distributed
 from taskdistill.engine.atomic import atomic_path, write_json, write_text
 from taskdistill.errors import CheckpointError, ConfigError
 from taskdistill.retrieval.pool import ImagePool
@@ -204,28 +207,17 @@ def embed_pool(pool: ImagePool, spec: EncoderSpec, out: str | Path, shard_size: 
         "signature": {"side": SIG_SIDE, "render": SIG_RENDER, "blur": SIG_BLUR, "dim": SIG_DIM}, "dim": None, "complete": False,
     }
     meta_path = out / "meta.json"
-    if meta_path.is_file() and not force:
-        old = json.loads(meta_path.read_text())
-        differs = _compatible(old, meta)
-        if differs is not None:
-            raise ConfigError(f"'{out}' holds embeddings made with another {differs.replace('_', ' ')}; pass --force "
-                              f"to replace them, or choose another --out")
-        meta["dim"] = old.get("dim")
-    elif force:
-        for p in [*out.glob("emb-*.npy"), *out.glob("sig-*.npy"), *out.glob("index-*")]:
-            p.unlink()
-    write_text(out / "ids.txt", "".join(f"{e.id}\n" for e in pool.entries))
-    write_text(out / "sources.txt", "".join(f"{e.source}\n" for e in pool.entries))
-    write_text(out / "locations.txt", "".join(f"{e.location}\n" for e in pool.entries))
-    write_json(meta_path, meta)
-
-    bar = tqdm(total=len(pool), desc="embed pool", unit="img", disable=None)
+    meta["dim"] = distributed.on_main(lambda: _prepare_folder(out, pool, meta, force))
+    pending = distributed.on_main(lambda: [i for i in range(n_shards) if not _shard_done(
+        out, i, min((i + 1) * shard_size, len(pool)) - i * shard_size)])
+    rank, world = distributed.rank(), distributed.world_size()
+    mine = pending[rank::world]  # whole shards per rank: each shard file has one writer, batches as in one process
+    rows = sum(min((i + 1) * shard_size, len(pool)) - i * shard_size for i in mine)
+    bar = tqdm(total=rows, desc="embed pool" if world == 1 else f"embed pool (rank 0's {len(mine)} of {len(pending)} "
+               f"shards)", unit="img", disable=None if rank == 0 else True)
     bad = 0
-    for i in range(n_shards):
+    for i in mine:
         lo, hi = i * shard_size, min((i + 1) * shard_size, len(pool))
-        if _shard_done(out, i, hi - lo):
-            bar.update(hi - lo)
-            continue
         feats, sigs = [], []
         for batch in pool.batches(batch_size, size, lo, hi, on_bad_image):
             f = encode(encoder, batch.images, device=device)
@@ -239,12 +231,48 @@ def embed_pool(pool: ImagePool, spec: EncoderSpec, out: str | Path, shard_size: 
         emb = torch.cat(feats).numpy().astype(dtype)
         _save_npy(out / shard_name("sig", i), torch.cat(sigs).numpy().astype(np.float16))
         _save_npy(out / shard_name("emb", i), emb)  # last: its presence marks the shard complete
-        if meta["dim"] is None:
+        if meta["dim"] is None and world == 1:
             meta["dim"] = int(emb.shape[1])
             write_json(meta_path, meta)
     bar.close()
+    bad = int(distributed.all_reduce_sum(torch.tensor([bad]))[0])
+    meta = distributed.on_main(lambda: _finish_folder(out, meta, n_shards, bad))
+    distributed.check_visible(meta_path, "embedding folder")
+    return meta
+
+
+def _prepare_folder(out: Path, pool: ImagePool, meta: dict[str, Any], force: bool) -> int | None:
+    """Check or reset `out` for this pool and encoder, write ids / sources / locations / meta.json (rank 0).
+    Returns the embedding dimension an earlier run recorded (None if unknown)."""
+    meta_path = out / "meta.json"
+    dim = None
+    if meta_path.is_file() and not force:
+        old = json.loads(meta_path.read_text())
+        differs = _compatible(old, meta)
+        if differs is not None:
+            raise ConfigError(f"'{out}' holds embeddings made with another {differs.replace('_', ' ')}; pass --force "
+                              f"to replace them, or choose another --out")
+        dim = old.get("dim")
+    elif force:
+        for p in [*out.glob("emb-*.npy"), *out.glob("sig-*.npy"), *out.glob("index-*")]:
+            p.unlink()
+    write_text(out / "ids.txt", "".join(f"{e.id}\n" for e in pool.entries))
+    write_text(out / "sources.txt", "".join(f"{e.source}\n" for e in pool.entries))
+    write_text(out / "locations.txt", "".join(f"{e.location}\n" for e in pool.entries))
+    write_json(meta_path, {**meta, "dim": dim})
+    return dim
+
+
+def _finish_folder(out: Path, meta: dict[str, Any], n_shards: int, bad: int) -> dict[str, Any]:
+    """Mark the folder complete once every shard is there (rank 0, after all ranks wrote theirs)."""
+    missing = [i for i in range(n_shards) if not (out / shard_name("emb", i)).is_file()]
+    if missing:
+        raise ConfigError(f"embedding shard(s) {missing[:5]} of '{out}' are missing after every rank finished; when "
+                          f"ranks run on several nodes, --out must be on a filesystem that every node shares")
+    if meta["dim"] is None:
+        meta["dim"] = int(np.load(out / shard_name("emb", 0), mmap_mode="r").shape[1])
     meta.update(complete=True, unreadable_this_run=bad)
-    write_json(meta_path, meta)
+    write_json(out / "meta.json", meta)
     return meta
 
 

@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from taskdistill.data.views import model_input, random_views
-from taskdistill.engine.batches import Batch
+from taskdistill.data.views import Views, model_input, random_views
+from taskdistill.engine.batches import Batch, batch_rows
 
 
 class SupervisedTask:
@@ -53,7 +53,10 @@ class SupervisedTask:
         images, labels = batch["images"], batch["labels"]
         views = None
         if self.augment != "none":
-            views = random_views(len(images), self.rng, crop=self.augment == "crop-flip", flip=True)
+            # Drawn for the global batch under DDP (every rank the same draws), then this rank's rows.
+            total, rows = batch_rows(batch, len(images))
+            drawn = random_views(total, self.rng, crop=self.augment == "crop-flip", flip=True)
+            views = Views(drawn.boxes[rows], drawn.flips[rows])
         x = model_input(images, self.model.preprocess, views)
         logits = self.model(x)
         loss = F.cross_entropy(logits, labels, label_smoothing=self.label_smoothing)
