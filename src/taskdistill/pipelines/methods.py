@@ -291,11 +291,17 @@ METHODS: dict[str, Callable[[Cell], dict[str, Any]]] = {
 }
 
 
-def check_methods(names: list[str]) -> None:
+def check_methods(names: list[str], registry: dict[str, Any] | None = None, task: str | None = None) -> None:
+    """Raise a ConfigError naming the closest known method for any name not in `registry` (default METHODS);
+    `task` names the task kind whose registry it is, for the message."""
     import difflib
 
+    registry = METHODS if registry is None else registry
     for n in names:
-        if n not in METHODS:
-            close = difflib.get_close_matches(n, list(METHODS), n=1)
+        if n not in registry:
+            close = difflib.get_close_matches(n, list(registry), n=1)
             hint = f" Did you mean '{close[0]}'?" if close else ""
-            raise ConfigError(f"unknown method '{n}'.{hint} Methods: {', '.join(METHODS)}")
+            if task is None:
+                raise ConfigError(f"unknown method '{n}'.{hint} Methods: {', '.join(registry)}")
+            raise ConfigError(f"method '{n}' is not available for task: {task}.{hint} "
+                              f"{task.capitalize()} methods: {', '.join(registry)}")

@@ -29,8 +29,7 @@ from taskdistill.config.load import to_dict
 from taskdistill.config.schema import RunConfig
 from taskdistill.engine.checkpoint import load_checkpoint, save_checkpoint
 from taskdistill.engine.compute import count_parameters, forward_gflops
-from taskdistill.errors import ConfigError
-from taskdistill.pipelines.methods import Meter
+from taskdistill.pipelines.methods import Meter, check_methods
 from taskdistill.pipelines.seg_prepare import PreparedSegData
 from taskdistill.pipelines.seg_stages import (
     build_seg_model,
@@ -195,11 +194,4 @@ SEG_METHODS: dict[str, Callable[[SegCell], dict[str, Any]]] = {
 
 
 def check_seg_methods(names: list[str]) -> None:
-    import difflib
-
-    for n in names:
-        if n not in SEG_METHODS:
-            close = difflib.get_close_matches(n, list(SEG_METHODS), n=1)
-            hint = f" Did you mean '{close[0]}'?" if close else ""
-            raise ConfigError(f"method '{n}' is not available for task: segmentation.{hint} "
-                              f"Segmentation methods: {', '.join(SEG_METHODS)}")
+    check_methods(names, SEG_METHODS, "segmentation")

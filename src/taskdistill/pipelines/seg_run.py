@@ -8,22 +8,19 @@ per-class IoU, pixel accuracy) on the test split. The folder works as for classi
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from taskdistill.config.load import dump_yaml, to_dict
+from taskdistill.config.load import dump_yaml
 from taskdistill.config.schema import RunConfig
 from taskdistill.engine import distributed
 from taskdistill.engine.atomic import write_json, write_text
-from taskdistill.engine.checkpoint import load_checkpoint, save_checkpoint
-from taskdistill.engine.compute import count_parameters
 from taskdistill.engine.device import resolve_device, set_threads
-from taskdistill.errors import ConfigError, RunFolderError
+from taskdistill.errors import ConfigError
 from taskdistill.pipelines.run_folder import Mode, RunFolder
 from taskdistill.pipelines.seg_methods import seg_checkpoint_extra
 from taskdistill.pipelines.seg_prepare import PreparedSegData, prepare_seg_data
@@ -34,7 +31,7 @@ from taskdistill.pipelines.seg_stages import (
     seg_supervised,
     train_seg_teacher,
 )
-from taskdistill.pipelines.task_oriented import RunResult
+from taskdistill.pipelines.task_oriented import RunResult, _Runner
 from taskdistill.report.markdown import fmt_pct, markdown_table
 
 STAGES = ("teacher", "student_distilled", "student", "scratch")
@@ -46,49 +43,17 @@ ROW_TITLES = {
 }
 
 
-class _SegRunner:
-    """Runs stages in a folder; a stage already finished there is loaded instead of retrained."""
+class _SegRunner(_Runner):
+    """The classification runner with segmentation's checkpoint fields, metrics and log line."""
 
-    def __init__(self, folder: RunFolder, cfg: RunConfig, data: PreparedSegData, device: torch.device) -> None:
-        self.folder, self.cfg, self.data, self.device = folder, cfg, data, device
-        self.log = folder.logger()
+    def checkpoint_extra(self) -> dict[str, Any] | None:
+        return seg_checkpoint_extra(self.cfg)
 
-    def stage(self, name: str, model: nn.Module, train: Callable[[], dict[str, Any]]) -> None:
-        ckpt = self.folder.checkpoint(name)
-        if self.folder.stage_done(name):
-            self.load_into(model, ckpt)
-            self.log.info(f"[{name}] finished earlier; loaded {ckpt}.safetensors")
-            return
-        self.log.info(f"[{name}] training {model.spec.name} ...")
-        start = time.perf_counter()
-        info = train()
-        info["seconds_total"] = round(time.perf_counter() - start, 2)
-        save_checkpoint(ckpt, model, self.data.class_names, stage=name, config=to_dict(self.cfg),
-                        extra=seg_checkpoint_extra(self.cfg))
-        bs = self.cfg.eval_batch_size
-        info["test"] = evaluate_seg_model(model, self.data.test, self.device, bs, f"evaluate {name}")
-        if self.data.val is not None:
-            info["val"] = evaluate_seg_model(model, self.data.val, self.device, bs, f"val {name}")
-        info["params"] = count_parameters(model)
-        self.folder.finish_stage(name, info)
-        m = info["test"]
-        self.log.info(f"[{name}] test mIoU {100 * m['miou']:.2f}%  pixel accuracy {100 * m['pixel_accuracy']:.2f}%  "
-                      f"({info['seconds_total']:.0f} s)")
+    def evaluate(self, model: nn.Module, images: Any, desc: str) -> dict[str, Any]:
+        return evaluate_seg_model(model, images, self.device, self.cfg.eval_batch_size, desc)
 
-    def load_into(self, model: nn.Module, ckpt: str | Path) -> None:
-        loaded, meta = load_checkpoint(ckpt, expect_classes=self.data.class_names)
-        if meta["model"]["name"] != model.spec.name:
-            raise RunFolderError(f"checkpoint '{ckpt}' holds a {meta['model']['name']}, expected {model.spec.name}")
-        model.load_state_dict(loaded.state_dict())
-
-    def require(self, name: str, model: nn.Module, given: str | None, verb: str) -> None:
-        if given is not None:
-            self.load_into(model, given)
-        elif self.folder.stage_done(name):
-            self.load_into(model, self.folder.checkpoint(name))
-        else:
-            raise RunFolderError(f"stage '{name}' has not run in '{self.folder.path}'; run `taskdistill {verb}` with "
-                                 f"the same config first, or pass its checkpoint")
+    def summary(self, m: dict[str, Any]) -> str:
+        return f"mIoU {100 * m['miou']:.2f}%  pixel accuracy {100 * m['pixel_accuracy']:.2f}%"
 
 
 def run_segmentation(cfg: RunConfig, mode: Mode = "new", stages: Sequence[str] = STAGES,

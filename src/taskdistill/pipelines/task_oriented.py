@@ -64,16 +64,25 @@ class _Runner:
         start = time.perf_counter()
         info = train()
         info["seconds_total"] = round(time.perf_counter() - start, 2)
-        save_checkpoint(ckpt, model, self.data.class_names, stage=name, config=to_dict(self.cfg))
-        info["test"] = evaluate_model(model, self.data.test, self.device, self.cfg.eval_batch_size, f"evaluate {name}")
+        save_checkpoint(ckpt, model, self.data.class_names, stage=name, config=to_dict(self.cfg),
+                        extra=self.checkpoint_extra())
+        info["test"] = self.evaluate(model, self.data.test, f"evaluate {name}")
         if self.data.val is not None:
-            info["val"] = evaluate_model(model, self.data.val, self.device, self.cfg.eval_batch_size, f"val {name}")
+            info["val"] = self.evaluate(model, self.data.val, f"val {name}")
         info["params"] = count_parameters(model)
         self.folder.finish_stage(name, info)
-        m = info["test"]
-        self.log.info(f"[{name}] test top-1 {100 * m['top1']:.2f}%  macro {100 * m['macro_accuracy']:.2f}%  "
-                      f"({info['seconds_total']:.0f} s)")
+        self.log.info(f"[{name}] test {self.summary(info['test'])}  ({info['seconds_total']:.0f} s)")
         return info
+
+    # What differs between task kinds (the segmentation runner overrides these three).
+    def checkpoint_extra(self) -> dict[str, Any] | None:
+        return None
+
+    def evaluate(self, model: nn.Module, images: Any, desc: str) -> dict[str, Any]:
+        return evaluate_model(model, images, self.device, self.cfg.eval_batch_size, desc)
+
+    def summary(self, m: dict[str, Any]) -> str:
+        return f"top-1 {100 * m['top1']:.2f}%  macro {100 * m['macro_accuracy']:.2f}%"
 
     def load_into(self, model: nn.Module, ckpt: str | Path) -> None:
         loaded, meta = load_checkpoint(ckpt, expect_classes=self.data.class_names)
