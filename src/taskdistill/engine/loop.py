@@ -35,8 +35,9 @@ from taskdistill.errors import ConfigError
 class Task(Protocol):
     """What a method hands the loop: a loss over a batch, and the parameters it trains.
 
-    `__call__(batch)` returns `{"loss": scalar tensor, **parts}`; `train(mode)` sets module modes
-    (a frozen teacher stays in eval mode whatever `mode` is).
+    `__call__(batch)` returns `{"loss": scalar tensor, **parts}`, plus `"loss_weight"` (the number of terms
+    the loss averages) when that is not the batch's row count; `train(mode)` sets module modes (a frozen
+    teacher stays in eval mode whatever `mode` is).
     """
 
     def __call__(self, batch: Batch) -> dict[str, torch.Tensor]: ...
@@ -113,6 +114,21 @@ def _epoch_batches(source: BatchSource | StreamSource, sampler: EpochSampler | N
         yield batch, len(part), len(indices)
 
 
+def _rank_scale(out: dict[str, torch.Tensor], local: int, global_rows: int, world_size: int) -> float:
+    """The factor on this rank's loss that makes DDP's gradient average the one-process gradient.
+
+    DDP averages gradients over ranks, but a rank's loss is a mean over its own part. Weighting by rows keeps
+    the global mean when parts differ in size; a task whose loss averages over something else (labeled
+    pixels) returns that count as `out["loss_weight"]`, summed over ranks here (one small all-reduce).
+    """
+    weight = out.get("loss_weight")
+    if weight is None:
+        return local * world_size / global_rows
+    mine = weight.detach().reshape(1).to("cpu", torch.float64)
+    total = float(distributed.all_reduce_sum(mine.clone()))
+    return float(mine) * world_size / total if total > 0 else 0.0
+
+
 def fit(
     task: Task,
     source: BatchSource | StreamSource,
@@ -171,8 +187,7 @@ def fit(
                 if not torch.isfinite(loss):
                     raise FloatingPointError(f"{desc}: loss became {loss.item()} at step {step}; lower the learning rate")
                 optimizer.zero_grad(set_to_none=True)
-                # DDP averages gradients over ranks; weighting by rows keeps the global mean when parts differ.
-                scale = local * world_size / global_rows
+                scale = _rank_scale(out, local, global_rows, world_size) if world_size > 1 else 1.0
                 (loss * scale if scale != 1.0 else loss).backward()
                 optimizer.step()
                 step += 1

@@ -1,5 +1,8 @@
 """Segmentation inference and metrics from a confusion matrix: mIoU, per-class IoU, pixel accuracy.
 
+Under a process group `evaluate_segmentation` splits the test set like `engine.evaluate.evaluate`: rank r
+predicts batches r, r + W, ... of the one-process order, and the confusion counts are summed over ranks.
+
 Pixels whose label is the ignore index count nowhere. A class that is neither in the labels nor in the
 predictions (IoU 0/0) has no IoU and is left out of the mean, as in the usual benchmark code.
 """
@@ -15,7 +18,9 @@ from tqdm.auto import tqdm
 
 from taskdistill.data.segmentation import SegmentationSet
 from taskdistill.data.views import model_input
+from taskdistill.engine import distributed
 from taskdistill.engine.batches import EpochSampler
+from taskdistill.engine.evaluate import rank_rows
 from taskdistill.models.segmentation import resize_logits
 
 
@@ -82,8 +87,12 @@ def evaluate_segmentation(model: nn.Module, data: SegmentationSet, batch_size: i
     """Metrics of `model` on `data`, at the masks' resolution (logits resized bilinearly to it)."""
     k = data.num_classes
     confusion = torch.zeros(k, k, dtype=torch.long)
-    for idx, logits in iter_seg_logits(model, data.images, data.masks.shape[-2:], batch_size, device, desc):
-        confusion += confusion_matrix(logits.argmax(1), data.masks[idx], k, data.ignore_index)
-    metrics = segmentation_metrics(confusion, data.class_names)
+    rows = rank_rows(len(data), batch_size) if distributed.is_distributed() else torch.arange(len(data))
+    if len(rows):
+        images, masks = data.images[rows], data.masks[rows]
+        for idx, logits in iter_seg_logits(model, images, masks.shape[-2:], batch_size, device, desc,
+                                           progress=distributed.is_main()):
+            confusion += confusion_matrix(logits.argmax(1), masks[idx], k, data.ignore_index)
+    metrics = segmentation_metrics(distributed.all_reduce_sum(confusion), data.class_names)
     metrics["num_images"] = len(data)
     return metrics

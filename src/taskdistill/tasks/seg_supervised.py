@@ -10,8 +10,8 @@ import torch
 from torch import nn
 
 from taskdistill.data.mask_views import render_masks
-from taskdistill.data.views import model_input, random_views
-from taskdistill.engine.batches import Batch
+from taskdistill.data.views import Views, model_input, random_views
+from taskdistill.engine.batches import Batch, batch_rows
 from taskdistill.losses.dense_kd import seg_cross_entropy
 from taskdistill.models.segmentation import resize_logits
 
@@ -62,7 +62,10 @@ class SegSupervisedTask:
         images, masks = batch["images"], batch["masks"]
         views = None
         if self.augment != "none":
-            views = random_views(len(images), self.rng, crop=self.augment == "crop-flip", flip=True)
+            # Drawn for the global batch under DDP (every rank the same draws), then this rank's rows.
+            total, rows = batch_rows(batch, len(images))
+            drawn = random_views(total, self.rng, crop=self.augment == "crop-flip", flip=True)
+            views = Views(drawn.boxes[rows], drawn.flips[rows])
         size = self.model.preprocess.input_size
         x = model_input(images, self.model.preprocess, views)
         target = render_masks(masks, size, views).to(x.device)
@@ -71,4 +74,5 @@ class SegSupervisedTask:
         labeled = target != self.ignore_index
         correct = (logits.detach().argmax(1) == target.long()) & labeled
         acc = correct.sum().float() / labeled.sum().clamp(min=1).float()
-        return {"loss": loss, "ce": loss.detach(), "pixel_acc": acc}
+        # the loss is a mean over labeled pixels: under DDP ranks are weighted by their count (see `fit`)
+        return {"loss": loss, "ce": loss.detach(), "pixel_acc": acc, "loss_weight": labeled.sum()}
