@@ -15,15 +15,13 @@ def test_pretrained_student_gets_its_own_distillation_lr(monkeypatch, pretrained
     cfg = load_config(RunConfig, None, sets)
     seen = {}
 
-    def fake_distill(student, teacher, transfer, dcfg, *args):
+    def fake_distill(student, teacher, dcfg):
         seen["lr"] = dcfg.train.lr
         return {"cache": {"seconds": 0.0}, "teacher_images": 0, "seconds": 0.0, "images": 0}
 
     monkeypatch.setattr(methods, "_with_teacher", lambda cell, meter: "teacher")
-    monkeypatch.setattr(methods, "distill", fake_distill)
     monkeypatch.setattr(methods, "_finetune", lambda *a, **k: None)
-    monkeypatch.setattr(methods, "_record", lambda cell, name, *a: {"method": name})
-    cell = SimpleNamespace(cfg=cfg, data=SimpleNamespace(transfer=None), cache_dir=None, device="cpu",
-                           student=lambda pretrained=False: "student")
+    cell = SimpleNamespace(cfg=cfg, distill=fake_distill, student=lambda pretrained=False: "student",
+                           record=lambda name, *a: {"method": name})
     methods._task_oriented(cell, pretrained, "x")
     assert seen["lr"] == pytest.approx(expected)

@@ -1,7 +1,9 @@
 """The methods a sweep compares, on the same student architecture and the same labeled split.
 
-Each method is a recipe: a short chain of the shared stages that returns a result record. They differ
-only in which stages they chain and with which task; the loop underneath is the same for all.
+Each method is a recipe: a short chain of stages that returns a result record. The recipes shared by
+classification and segmentation are written once against `MethodCell`, the grid cell's stages: `Cell`
+here (classification) and `SegCell` (pipelines/seg_methods.py, per pixel) supply them. The loop underneath
+is the same for all.
 
 - `teacher-linear`: the pretrained teacher with a linear probe (upper reference).
 - `teacher-finetune`: the teacher finetuned on the labels (upper reference; shared by task-oriented).
@@ -11,10 +13,11 @@ only in which stages they chain and with which task; the loop underneath is the 
   set (projector + cosine/contrastive), then is finetuned on the labels.
 - `task-oriented`: distill the finetuned teacher's predictions, then finetune on the labels.
 - `task-oriented-pretrained`: the same, starting from the pretrained student.
-- `tdmr`: Task-Driven Model Reprogramming: reprogram the frozen pretrained teacher (prompt + label map),
-  distil its proxy-space outputs progressively (source classes, then task classes), finetune (docs/tdmr.md).
-- `distill-linear-probe`: task-oriented distillation from the linear-probed (not finetuned) teacher, then
-  finetune; the plain-distillation reference for `tdmr`.
+- `tdmr` (classification): Task-Driven Model Reprogramming: reprogram the frozen pretrained teacher (prompt +
+  label map), distil its proxy-space outputs progressively (source classes, then task classes), finetune
+  (docs/tdmr.md).
+- `distill-linear-probe` (classification): task-oriented distillation from the linear-probed (not finetuned)
+  teacher, then finetune; the plain-distillation reference for `tdmr`.
 """
 
 from __future__ import annotations
@@ -24,25 +27,23 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import nn
 
-from taskdistill.cache.teacher_outputs import cached_teacher_outputs, weights_hash
+from taskdistill.cache.teacher_outputs import weights_hash
 from taskdistill.config.load import to_dict
-from taskdistill.config.schema import RunConfig
-from taskdistill.engine.batches import ViewBatches
+from taskdistill.config.schema import DistillConfig, OptimConfig, RunConfig, TeacherConfig
 from taskdistill.engine.checkpoint import load_checkpoint, save_checkpoint
 from taskdistill.engine.compute import count_parameters, forward_gflops
-from taskdistill.engine.loop import fit
 from taskdistill.errors import ConfigError
 from taskdistill.pipelines.prepare import PreparedData
 from taskdistill.pipelines.stages import (
     build_model,
     distill,
     evaluate_model,
-    schedule_of,
+    feature_distill,
     supervised,
     train_teacher,
 )
@@ -52,12 +53,79 @@ from taskdistill.reprogram.stages import (
     reprogram_teacher,
     teacher_accuracy,
 )
-from taskdistill.tasks.feature_distill import FeatureDistillTask, make_projector
+
+
+class Meter:
+    """Accumulates a method's cost: images through teacher and student, seconds per stage."""
+
+    def __init__(self) -> None:
+        self.teacher_images = 0
+        self.student_images = 0
+        self.stage_seconds: dict[str, float] = {}
+
+    def add(self, stage: str, seconds: float, teacher_images: int = 0, student_images: int = 0) -> None:
+        self.stage_seconds[stage] = round(self.stage_seconds.get(stage, 0.0) + seconds, 2)
+        self.teacher_images += teacher_images
+        self.student_images += student_images
+
+
+class MethodCell(Protocol):
+    """One grid cell as the shared recipes see it: its config (seed and budget set) and its stages.
+
+    The distillation stages return their fit info (`seconds`, `images`) with the cache's (`cache.seconds`,
+    `teacher_images`); the supervised stage and the teacher's return their fit info.
+    """
+
+    cfg: RunConfig
+
+    def student(self, pretrained: bool = False) -> nn.Module: ...
+
+    def teacher(self) -> nn.Module: ...
+
+    def finetuned_teacher(self) -> tuple[nn.Module, dict[str, Any]]: ...
+
+    def train_teacher(self, teacher: nn.Module, cfg: TeacherConfig) -> dict[str, Any]: ...
+
+    def supervised(self, model: nn.Module, opt: OptimConfig, desc: str) -> dict[str, Any]: ...
+
+    def distill(self, student: nn.Module, teacher: nn.Module, cfg: DistillConfig) -> dict[str, Any]: ...
+
+    def feature_distill(self, student: nn.Module, teacher: nn.Module) -> dict[str, Any]: ...
+
+    def record(self, method: str, model: nn.Module, meter: Meter, teacher: nn.Module | None) -> dict[str, Any]: ...
+
+
+def load_or_train_teacher(cell: MethodCell, stem: Path, class_names: list[str], device: torch.device,
+                          extra: dict[str, Any] | None = None) -> tuple[nn.Module, dict[str, Any]]:
+    """The cell's teacher trained on its labels: trained once and saved at `stem`, then loaded from there."""
+    if stem.with_suffix(".json").is_file():
+        model, meta = load_checkpoint(stem, expect_classes=class_names)
+        return model.to(device), meta["train_info"]
+    teacher = cell.teacher()
+    start = time.perf_counter()
+    info = cell.train_teacher(teacher, cell.cfg.teacher)
+    info["seconds"] = round(time.perf_counter() - start, 2)
+    save_checkpoint(stem, teacher, class_names, stage="teacher", config=to_dict(cell.cfg),
+                    extra={"train_info": info, **(extra or {})})
+    return teacher, info
+
+
+def model_cost(model: nn.Module, prefix: str = "") -> dict[str, Any]:
+    """`{prefix}model`, `{prefix}params` and `{prefix}gflops` (forward, at the model's input size)."""
+    return {f"{prefix}model": model.spec.name, f"{prefix}params": count_parameters(model),
+            f"{prefix}gflops": round(forward_gflops(model), 4)}
+
+
+def cost_fields(meter: Meter, model: nn.Module, teacher: nn.Module | None) -> dict[str, Any]:
+    """The compute accounting every record carries."""
+    rec = {"seconds": round(sum(meter.stage_seconds.values()), 2), "stage_seconds": meter.stage_seconds,
+           "teacher_images": meter.teacher_images, "student_images": meter.student_images, **model_cost(model)}
+    return rec | (model_cost(teacher, "teacher_") if teacher is not None else {})
 
 
 @dataclass
 class Cell:
-    """One grid cell's inputs: the config (seed and budget set), its data, and where shared work lives."""
+    """A classification grid cell: the config (seed and budget set), its data, and where shared work lives."""
 
     cfg: RunConfig
     data: PreparedData
@@ -82,127 +150,107 @@ class Cell:
         return build_model(self.cfg.teacher.model, len(self.data.class_names)).to(self.device)
 
     def finetuned_teacher(self) -> tuple[nn.Module, dict[str, Any]]:
-        """The teacher finetuned on this cell's labels: trained once, then loaded from `teacher_dir`."""
         stem = self.teacher_dir / f"b{self.budget}-s{self.cfg.seed}"
-        if stem.with_suffix(".json").is_file():
-            model, meta = load_checkpoint(stem, expect_classes=self.data.class_names)
-            return model.to(self.device), meta["train_info"]
-        teacher = self.teacher()
-        start = time.perf_counter()
-        info = train_teacher(teacher, self.cfg.teacher, self.data.labeled, self.cfg.seed, self.device)
-        info["seconds"] = round(time.perf_counter() - start, 2)
-        save_checkpoint(stem, teacher, self.data.class_names, stage="teacher", config=to_dict(self.cfg),
-                        extra={"train_info": info})
-        return teacher, info
+        return load_or_train_teacher(self, stem, self.data.class_names, self.device)
+
+    def train_teacher(self, teacher: nn.Module, cfg: TeacherConfig) -> dict[str, Any]:
+        return train_teacher(teacher, cfg, self.data.labeled, self.cfg.seed, self.device)
+
+    def supervised(self, model: nn.Module, opt: OptimConfig, desc: str) -> dict[str, Any]:
+        return supervised(model, self.data.labeled, opt, self.cfg.seed, self.device, desc)
+
+    def distill(self, student: nn.Module, teacher: nn.Module, cfg: DistillConfig) -> dict[str, Any]:
+        return distill(student, teacher, self.data.transfer, cfg, self.cache_dir, self.cfg.seed, self.device,
+                       self.cfg.eval_batch_size)
+
+    def feature_distill(self, student: nn.Module, teacher: nn.Module) -> dict[str, Any]:
+        return feature_distill(student, teacher, self.data.transfer, self.cfg.feature_distill,
+                               self.cfg.distill.transfer.views, self.cache_dir, self.cfg.seed, self.device,
+                               self.cfg.eval_batch_size)
+
+    def record(self, method: str, model: nn.Module, meter: Meter, teacher: nn.Module | None) -> dict[str, Any]:
+        m = evaluate_model(model, self.data.test, self.device, self.cfg.eval_batch_size, f"evaluate {method}")
+        return {"method": method, "budget": self.budget, "seed": self.cfg.seed,
+                "top1": m["top1"], "macro_accuracy": m["macro_accuracy"], **cost_fields(meter, model, teacher),
+                "per_class_accuracy": m["per_class_accuracy"]}
 
 
-class Meter:
-    """Accumulates a method's cost: images through teacher and student, seconds per stage."""
-
-    def __init__(self) -> None:
-        self.teacher_images = 0
-        self.student_images = 0
-        self.stage_seconds: dict[str, float] = {}
-
-    def add(self, stage: str, seconds: float, teacher_images: int = 0, student_images: int = 0) -> None:
-        self.stage_seconds[stage] = round(self.stage_seconds.get(stage, 0.0) + seconds, 2)
-        self.teacher_images += teacher_images
-        self.student_images += student_images
-
-
-def _record(cell: Cell, method: str, model: nn.Module, meter: Meter, teacher: nn.Module | None) -> dict[str, Any]:
-    metrics = evaluate_model(model, cell.data.test, cell.device, cell.cfg.eval_batch_size, f"evaluate {method}")
-    rec: dict[str, Any] = {
-        "method": method, "budget": cell.budget, "seed": cell.cfg.seed,
-        "top1": metrics["top1"], "macro_accuracy": metrics["macro_accuracy"],
-        "seconds": round(sum(meter.stage_seconds.values()), 2), "stage_seconds": meter.stage_seconds,
-        "teacher_images": meter.teacher_images, "student_images": meter.student_images,
-        "model": model.spec.name, "params": count_parameters(model), "gflops": round(forward_gflops(model), 4),
-        "per_class_accuracy": metrics["per_class_accuracy"],
-    }
-    if teacher is not None:
-        rec["teacher_model"] = teacher.spec.name
-        rec["teacher_params"] = count_parameters(teacher)
-        rec["teacher_gflops"] = round(forward_gflops(teacher), 4)
-    return rec
-
-
-def _finetune(cell: Cell, model: nn.Module, meter: Meter, opt_name: str = "finetune") -> None:
-    """Cross-entropy on the labels with the student schedule `opt_name` (finetune, scratch, pretrained_finetune)."""
-    opt = getattr(cell.cfg.student, opt_name)
-    info = supervised(model, cell.data.labeled, opt, cell.cfg.seed, cell.device, f"student {opt_name}")
+def _finetune(cell: MethodCell, model: nn.Module, meter: Meter, opt_name: str = "finetune") -> None:
+    """Supervised training on the labels with the student schedule `opt_name` (finetune, scratch,
+    pretrained_finetune)."""
+    info = cell.supervised(model, getattr(cell.cfg.student, opt_name), f"student {opt_name}")
     meter.add(opt_name, info["seconds"], student_images=info["images"])
 
 
-def _with_teacher(cell: Cell, meter: Meter) -> nn.Module:
+def _with_teacher(cell: MethodCell, meter: Meter) -> nn.Module:
     teacher, info = cell.finetuned_teacher()
     meter.add("teacher", info["seconds"], teacher_images=info["teacher_train_images"])
     return teacher
 
 
-def teacher_linear(cell: Cell) -> dict[str, Any]:
-    meter, teacher = Meter(), cell.teacher()
-    probe = dataclasses.replace(cell.cfg.teacher, mode="linear-probe")
+def _linear_probed_teacher(cell: MethodCell, meter: Meter) -> nn.Module:
+    """The pretrained teacher with a task head trained on its frozen backbone (not stored)."""
+    teacher = cell.teacher()
     start = time.perf_counter()
-    info = train_teacher(teacher, probe, cell.data.labeled, cell.cfg.seed, cell.device)
+    info = cell.train_teacher(teacher, dataclasses.replace(cell.cfg.teacher, mode="linear-probe"))
     meter.add("teacher", time.perf_counter() - start, teacher_images=info["teacher_train_images"])
-    return _record(cell, "teacher-linear", teacher, meter, teacher)
+    return teacher
 
 
-def teacher_finetune(cell: Cell) -> dict[str, Any]:
+def _add_distill(meter: Meter, info: dict[str, Any]) -> None:
+    meter.add("teacher_outputs", info["cache"]["seconds"], teacher_images=info["teacher_images"])
+    meter.add("distill", info["seconds"], student_images=info["images"])
+
+
+def teacher_linear(cell: MethodCell) -> dict[str, Any]:
+    meter = Meter()
+    teacher = _linear_probed_teacher(cell, meter)
+    return cell.record("teacher-linear", teacher, meter, teacher)
+
+
+def teacher_finetune(cell: MethodCell) -> dict[str, Any]:
     meter = Meter()
     teacher = _with_teacher(cell, meter)
-    return _record(cell, "teacher-finetune", teacher, meter, teacher)
+    return cell.record("teacher-finetune", teacher, meter, teacher)
 
 
-def scratch(cell: Cell) -> dict[str, Any]:
+def scratch(cell: MethodCell) -> dict[str, Any]:
     meter, student = Meter(), cell.student()
     _finetune(cell, student, meter, "scratch")
-    return _record(cell, "scratch", student, meter, None)
+    return cell.record("scratch", student, meter, None)
 
 
-def pretrained_finetune(cell: Cell) -> dict[str, Any]:
+def pretrained_finetune(cell: MethodCell) -> dict[str, Any]:
     meter, student = Meter(), cell.student(pretrained=True)
     _finetune(cell, student, meter, "pretrained_finetune")
-    return _record(cell, "pretrained-finetune", student, meter, None)
+    return cell.record("pretrained-finetune", student, meter, None)
 
 
-def task_agnostic(cell: Cell) -> dict[str, Any]:
+def task_agnostic(cell: MethodCell) -> dict[str, Any]:
     """Feature matching against the frozen pretrained teacher (no labels), then finetune on the labels."""
     meter, teacher, student = Meter(), cell.teacher(), cell.student()
-    fd, views = cell.cfg.feature_distill, cell.cfg.distill.transfer.views
-    feats, cache = cached_teacher_outputs(teacher, cell.data.transfer, views, cell.cfg.seed, cell.cache_dir,
-                                          cell.cfg.eval_batch_size, cell.device, kind="features")
-    meter.add("teacher_outputs", cache["seconds"], teacher_images=cache["teacher_images"])
-    projector = make_projector(student, feats.shape[-1], fd.projector_hidden).to(cell.device)
-    task = FeatureDistillTask(student, projector, feats, fd.loss, fd.contrastive_temperature, cell.cfg.seed)
-    result = fit(task, ViewBatches(cell.data.transfer, views, cell.cfg.seed), schedule_of(fd.train),
-                 seed=cell.cfg.seed, device=cell.device, desc="feature distill")
-    meter.add("distill", result.seconds, student_images=result.images_seen)
+    _add_distill(meter, cell.feature_distill(student, teacher))
     _finetune(cell, student, meter)
-    return _record(cell, "task-agnostic", student, meter, teacher)
+    return cell.record("task-agnostic", student, meter, teacher)
 
 
-def _task_oriented(cell: Cell, pretrained: bool, name: str) -> dict[str, Any]:
+def _task_oriented(cell: MethodCell, pretrained: bool, name: str) -> dict[str, Any]:
     meter = Meter()
     teacher = _with_teacher(cell, meter)
     student = cell.student(pretrained=pretrained)
     dcfg = cell.cfg.distill
     if pretrained and dcfg.pretrained_student_lr is not None:
         dcfg = dataclasses.replace(dcfg, train=dataclasses.replace(dcfg.train, lr=dcfg.pretrained_student_lr))
-    info = distill(student, teacher, cell.data.transfer, dcfg, cell.cache_dir, cell.cfg.seed,
-                   cell.device, cell.cfg.eval_batch_size)
-    meter.add("teacher_outputs", info["cache"]["seconds"], teacher_images=info["teacher_images"])
-    meter.add("distill", info["seconds"], student_images=info["images"])
+    _add_distill(meter, cell.distill(student, teacher, dcfg))
     _finetune(cell, student, meter)
-    return _record(cell, name, student, meter, teacher)
+    return cell.record(name, student, meter, teacher)
 
 
-def task_oriented(cell: Cell) -> dict[str, Any]:
+def task_oriented(cell: MethodCell) -> dict[str, Any]:
     return _task_oriented(cell, False, "task-oriented")
 
 
-def task_oriented_pretrained(cell: Cell) -> dict[str, Any]:
+def task_oriented_pretrained(cell: MethodCell) -> dict[str, Any]:
     return _task_oriented(cell, True, "task-oriented-pretrained")
 
 
@@ -237,7 +285,7 @@ def tdmr(cell: Cell) -> dict[str, Any]:
     if after != before:
         raise RuntimeError(f"tdmr changed the frozen teacher's weights (sha256 {before[:12]} -> {after[:12]}); "
                            f"only the prompt and the label map may train")
-    rec = _record(cell, "tdmr", student, meter, teacher)
+    rec = cell.record("tdmr", student, meter, teacher)
     rec.update({
         "trainable_params": rep["trainable_params"], "trainable_fraction": rep["trainable_fraction"],
         "teacher_unchanged": True, "teacher_weights_sha256": before,
@@ -261,18 +309,12 @@ def distill_linear_probe(cell: Cell) -> dict[str, Any]:
 
     The probed teacher is trained here and not stored: `cell.teacher_dir` holds finetuned teachers only.
     """
-    meter, teacher = Meter(), cell.teacher()
-    probe = dataclasses.replace(cell.cfg.teacher, mode="linear-probe")
-    start = time.perf_counter()
-    info = train_teacher(teacher, probe, cell.data.labeled, cell.cfg.seed, cell.device)
-    meter.add("teacher", time.perf_counter() - start, teacher_images=info["teacher_train_images"])
+    meter = Meter()
+    teacher = _linear_probed_teacher(cell, meter)
     student = cell.student()
-    dist = distill(student, teacher, cell.data.transfer, cell.cfg.distill, cell.cache_dir, cell.cfg.seed,
-                   cell.device, cell.cfg.eval_batch_size)
-    meter.add("teacher_outputs", dist["cache"]["seconds"], teacher_images=dist["teacher_images"])
-    meter.add("distill", dist["seconds"], student_images=dist["images"])
+    _add_distill(meter, cell.distill(student, teacher, cell.cfg.distill))
     _finetune(cell, student, meter)
-    rec = _record(cell, "distill-linear-probe", student, meter, teacher)
+    rec = cell.record("distill-linear-probe", student, meter, teacher)
     head = sum(p.numel() for p in teacher.get_classifier().parameters())
     rec.update({"trainable_params": head, "trainable_fraction": head / max(1, count_parameters(teacher))})
     return rec

@@ -15,7 +15,13 @@ import torch
 from torch import nn
 
 from taskdistill.cache.teacher_outputs import Storage, cached_teacher_outputs
-from taskdistill.config.schema import DistillConfig, ModelConfig, OptimConfig, TeacherConfig
+from taskdistill.config.schema import (
+    DistillConfig,
+    FeatureDistillConfig,
+    ModelConfig,
+    OptimConfig,
+    TeacherConfig,
+)
 from taskdistill.data.image_set import ImageSet
 from taskdistill.data.streaming import ShardStream
 from taskdistill.engine.batches import ImageBatches, ViewBatches
@@ -24,6 +30,7 @@ from taskdistill.engine.evaluate import evaluate
 from taskdistill.engine.loop import FitResult, Schedule, fit
 from taskdistill.models.registry import create_model
 from taskdistill.tasks import DistillTask, SupervisedTask
+from taskdistill.tasks.feature_distill import FeatureDistillTask, make_projector
 from taskdistill.tasks.linear_probe import FeatureBatches, LinearProbeTask, pooled_features
 from taskdistill.tasks.online_distill import OnlineDistillTask
 
@@ -109,6 +116,20 @@ def _distill_streamed(student: nn.Module, teacher: nn.Module, transfer: ShardStr
     return {**_fit_info(result), "cache": cache, "teacher_images": result.images_seen,
             "transfer_images": len(transfer), "temperature": cfg.temperature, "views": cfg.transfer.views,
             "soft_labels": "on the fly", "bytes_per_view": 0, "shards": len(transfer.urls)}
+
+
+def feature_distill(student: nn.Module, teacher: nn.Module, transfer: ImageSet, cfg: FeatureDistillConfig,
+                    views: int, cache_dir: str | Path, seed: int, device: torch.device,
+                    eval_batch_size: int = 256) -> dict[str, Any]:
+    """Task-agnostic stage: the student's projected pooled features match the frozen teacher's cached ones
+    (cosine or contrastive) over the transfer set; no labels."""
+    feats, cache = cached_teacher_outputs(teacher, transfer, views, seed, cache_dir, eval_batch_size, device,
+                                          kind="features")
+    projector = make_projector(student, feats.shape[-1], cfg.projector_hidden).to(device)
+    task = FeatureDistillTask(student, projector, feats, cfg.loss, cfg.contrastive_temperature, seed)
+    result = fit(task, ViewBatches(transfer, views, seed), schedule_of(cfg.train), seed=seed, device=device,
+                 desc="feature distill")
+    return {**_fit_info(result), "cache": cache, "teacher_images": cache["teacher_images"]}
 
 
 def storage_of(cfg: DistillConfig) -> Storage:
