@@ -13,6 +13,7 @@ Run (long: one distillation + finetune per strategy; the lead runs it):
       [--strategies random,best-matches,query-balanced-image,class-balanced]
       [--clip-encoder open_clip:MODEL/TAG]   # adds query-balanced-text (needs that model's weights on disk)
       [--set KEY=VALUE ...]                  # run overrides, e.g. distill.train.epochs=1 for a smoke test
+      [--cap fashion-mnist=4000 --pool data/pool-fm4k --embeddings data/emb-fm4k-lite2]   # a more diluted pool
 The pool (`--pool`, built with `taskdistill pool build-demo` when missing) and its embeddings (`--embeddings`,
 encoder tf_efficientnet_lite2 with packaged ImageNet weights at 64 px) are reused across invocations;
 finished runs are resumed, not retrained (`--force` starts over). Writes summary.json and summary.md into --out.
@@ -37,12 +38,30 @@ ENCODER = EncoderSpec(name="tf_efficientnet_lite2", pretrained=True, input_size=
 TASK_SOURCE = "fashion-mnist"
 
 
-def ensure_pool(path: Path) -> None:
-    if not (path / "pool.json").is_file():
-        from taskdistill.retrieval.demo_pool import build_demo_pool
+def ensure_pool(path: Path, caps: dict[str, int]) -> None:
+    """Build the demo pool at `path` with per-source `caps` when missing; an existing pool must have those caps."""
+    meta = path / "pool.json"
+    if meta.is_file():
+        have = json.loads(meta.read_text()).get("caps", {})
+        wrong = {k: (have.get(k), v) for k, v in caps.items() if have.get(k) != v}
+        if wrong:
+            raise SystemExit(f"{path} was built with other caps ({', '.join(f'{k}: {a} not {b}' for k, (a, b) in wrong.items())}); "
+                             f"name another --pool (and --embeddings) for these caps")
+        return
+    from taskdistill.retrieval.demo_pool import build_demo_pool
 
-        print(f"building the demo pool in {path} ...")
-        build_demo_pool(path)
+    print(f"building the demo pool in {path} ...")
+    build_demo_pool(path, caps=caps)
+
+
+def parse_caps(items: list[str]) -> dict[str, int]:
+    caps = {}
+    for item in items:
+        name, _, value = item.partition("=")
+        if not value.isdigit():
+            raise SystemExit(f"--cap {item!r}: expected SOURCE=N, e.g. --cap fashion-mnist=8000")
+        caps[name.strip()] = int(value)
+    return caps
 
 
 def ensure_embeddings(pool: Path, out: Path, spec: EncoderSpec) -> None:
@@ -71,6 +90,8 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--pool", default="data/pool-demo")
     ap.add_argument("--embeddings", default="data/emb-demo-lite2")
+    ap.add_argument("--cap", action="append", default=[], metavar="SOURCE=N",
+                    help="images per pool source when the pool is built (default: the demo pool's caps)")
     ap.add_argument("--n", type=int, default=6000)
     ap.add_argument("--labels-per-class", type=int, default=10)
     ap.add_argument("--strategies", default="random,best-matches,query-balanced-image,class-balanced")
@@ -82,7 +103,7 @@ def main() -> None:
     args = ap.parse_args()
     out = Path(args.out)
     pool, emb = Path(args.pool), Path(args.embeddings)
-    ensure_pool(pool)
+    ensure_pool(pool, parse_caps(args.cap))
     ensure_embeddings(pool, emb, ENCODER)
     jobs = [(s, emb) for s in args.strategies.split(",") if s.strip()]
     if args.clip_encoder:
@@ -128,6 +149,7 @@ def main() -> None:
         lines.append(f"| {r['transfer_set']} | {r['precision']:.3f} | {src} | {drops} | {r['distilled_top1']:.2f} | "
                      f"{r['student_top1']:.2f} |")
     meta = {"n": args.n, "labels_per_class": args.labels_per_class, "seed": args.seed, "overrides": args.overrides,
+            "pool": str(pool), "pool_caps": json.loads((pool / "pool.json").read_text()).get("caps"),
             "teacher_top1": top1(oracle.rows, "teacher"), "scratch_top1": top1(oracle.rows, "scratch")}
     write_json(out / "summary.json", {"meta": meta, "results": results})
     write_text(out / "summary.md", "\n".join(lines) + "\n")
