@@ -87,9 +87,11 @@ def evaluate_segmentation(model: nn.Module, data: SegmentationSet, batch_size: i
     """Metrics of `model` on `data`, at the masks' resolution (logits resized bilinearly to it)."""
     k = data.num_classes
     confusion = torch.zeros(k, k, dtype=torch.long)
-    rows = rank_rows(len(data), batch_size) if distributed.is_distributed() else torch.arange(len(data))
-    if len(rows):
-        images, masks = data.images[rows], data.masks[rows]
+    images, masks = data.images, data.masks
+    if distributed.is_distributed():
+        rows = rank_rows(len(data), batch_size)
+        images, masks = images[rows], masks[rows]
+    if len(images):
         for idx, logits in iter_seg_logits(model, images, masks.shape[-2:], batch_size, device, desc,
                                            progress=distributed.is_main()):
             confusion += confusion_matrix(logits.argmax(1), masks[idx], k, data.ignore_index)
