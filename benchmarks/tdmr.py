@@ -63,14 +63,21 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
-def _row(name: str, recs: list[dict[str, Any]], reference: dict[int, float]) -> dict[str, Any]:
+def _paired(recs: list[dict[str, Any]], reference: dict[int, float]) -> float | None:
+    """Mean of `top1 - reference[seed]` over the records whose seed the reference has."""
+    diffs = [r["top1"] - reference[r["seed"]] for r in recs if r["seed"] in reference]
+    return statistics.fmean(diffs) if diffs else None
+
+
+def _row(name: str, recs: list[dict[str, Any]], reference: dict[int, float],
+         tdmr_main: dict[int, float] | None = None) -> dict[str, Any]:
     top1 = [r["top1"] for r in recs]
     mean, std = _mean_std(top1)
-    paired = [r["top1"] - reference[r["seed"]] for r in recs if r["seed"] in reference]
     teacher_top1 = [r["reprogrammed_teacher_top1"] for r in recs if r.get("reprogrammed_teacher_top1") is not None]
     return {
         "name": name, "seeds": sorted(r["seed"] for r in recs), "top1_mean": mean, "top1_std": std,
-        "delta_vs_task_oriented": statistics.fmean(paired) if paired else None,
+        "delta_vs_task_oriented": _paired(recs, reference),
+        "delta_vs_tdmr": _paired(recs, tdmr_main) if tdmr_main is not None else None,
         "reprogrammed_teacher_top1": statistics.fmean(teacher_top1) if teacher_top1 else None,
         "teacher_images": statistics.fmean(r["teacher_images"] for r in recs),
         "student_images": statistics.fmean(r["student_images"] for r in recs),
@@ -83,46 +90,46 @@ def _pct(x: float | None, signed: bool = False) -> str:
     return "-" if x is None else (f"{100 * x:+.2f}" if signed else f"{100 * x:.2f}")
 
 
-def summarize(out: Path, groups: list[str], budget: int, seeds: list[int], baselines: Path,
-              ablation_seeds: list[int] | None = None) -> dict[str, Any]:
-    """Collect the finished cells of every group and the main sweep's baselines into summary.md/json."""
-    def load(folder: Path, method: str) -> list[dict[str, Any]]:
-        paths = [cell_path(folder, method, budget, s) for s in seeds]
+def summarize(out: Path, budget: int, seeds: list[int], baselines: Path) -> dict[str, Any]:
+    """Collect the finished cells of every group (whichever invocation ran them; seeds 0-99) and the main
+    sweep's baselines (`seeds`) into summary.md/json. Ablations are compared with the main `tdmr` on the
+    seeds they ran."""
+    def load(folder: Path, method: str, wanted: list[int] | None = None) -> list[dict[str, Any]]:
+        paths = [cell_path(folder, method, budget, s) for s in (wanted if wanted is not None else range(100))]
         return [json.loads(p.read_text()) for p in paths if p.is_file()]
 
-    task_oriented = {r["seed"]: r["top1"] for r in load(baselines, "task-oriented")}
+    task_oriented = {r["seed"]: r["top1"] for r in load(baselines, "task-oriented", seeds)}
+    tdmr_main = {r["seed"]: r["top1"] for r in load(out / "main", "tdmr")}
     rows = []
     for method in (*BASELINES, *REFERENCES):
-        recs = load(baselines, method)
+        recs = load(baselines, method, seeds)
         if recs:
             rows.append(_row(f"{method} (main sweep)", recs, task_oriented))
-    for group in groups:
+    for group in ["main", *ABLATIONS]:
         folder = out / (group if group == "main" else f"ablation-{group}")
         for method in ("tdmr", "distill-linear-probe") if group == "main" else ("tdmr",):
             recs = load(folder, method)
             if recs:
                 label = method if group == "main" else f"tdmr, {group} ({', '.join(ABLATIONS[group])})"
-                rows.append(_row(label, recs, task_oriented))
-    if ablation_seeds and ablation_seeds != seeds and "main" in groups and len(groups) > 1:
-        recs = [r for r in load(out / "main", "tdmr") if r["seed"] in ablation_seeds]
-        if recs:  # the main method on the ablations' seeds, so each ablation has a same-seed reference
-            rows.append(_row(f"tdmr (main) on seeds {','.join(map(str, ablation_seeds))}", recs, task_oriented))
+                rows.append(_row(label, recs, task_oriented, None if group == "main" else tdmr_main))
     summary = {"budget": budget, "seeds": seeds, "baselines": str(baselines), "rows": rows}
     write_json(out / "summary.json", summary)
     lines = [
         f"# TDMR on Fashion-MNIST, {budget} labels per class, seeds {','.join(map(str, seeds))}", "",
         "Student tf_efficientnet_lite0 @ 32 px; teacher tf_efficientnet_lite2 @ 64 px (frozen ImageNet weights for "
         "tdmr). Top-1 on the 10,000 test images, mean +- std over seeds; delta = mean paired difference with "
-        "task-oriented (same seed). Teacher images: forward passes (tdmr: + reprogramming forward+backward). "
+        "task-oriented (same seed); an ablation's delta vs tdmr is its mean paired difference with the main tdmr "
+        "on the seeds the ablation ran. Teacher images: forward passes (tdmr: + reprogramming forward+backward). "
         "Trainable share: trainable teacher parameters (prompt + label map; probe head) / teacher parameters.", "",
-        "| method | seeds | top-1 % | delta vs task-oriented (pp) | reprogrammed teacher top-1 % | teacher images "
-        "| student images | trainable teacher params (share) | seconds |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| method | seeds | top-1 % | delta vs task-oriented (pp) | delta vs tdmr (pp) | reprogrammed teacher top-1 % "
+        "| teacher images | student images | trainable teacher params (share) | seconds |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         share = "-" if r["trainable_params"] is None else f"{r['trainable_params']:,} ({100 * r['trainable_fraction']:.3f} %)"
-        lines.append(f"| {r['name']} | {len(r['seeds'])} | {_pct(r['top1_mean'])} +- {_pct(r['top1_std'])} | "
-                     f"{_pct(r['delta_vs_task_oriented'], True)} | {_pct(r['reprogrammed_teacher_top1'])} | "
+        lines.append(f"| {r['name']} | {','.join(map(str, r['seeds']))} | {_pct(r['top1_mean'])} +- {_pct(r['top1_std'])} | "
+                     f"{_pct(r['delta_vs_task_oriented'], True)} | {_pct(r['delta_vs_tdmr'], True)} | "
+                     f"{_pct(r['reprogrammed_teacher_top1'])} | "
                      f"{r['teacher_images']:,.0f} | {r['student_images']:,.0f} | {share} | {r['seconds']:.0f} |")
     if not task_oriented:
         lines += ["", f"No baseline cells found under {baselines}/cells: run the main sweep for the comparison."]
@@ -140,6 +147,7 @@ def main() -> None:
     ap.add_argument("--baselines", default="benchmarks/results/sweep", help="the main sweep's folder")
     ap.add_argument("--ablation-seeds", default="0", help="seeds for the ablation groups (main uses --seeds)")
     ap.add_argument("--smoke", action="store_true", help="tiny version: 1 seed, 300 transfer images, 1 epoch")
+    ap.add_argument("--summary-only", action="store_true", help="write the summary from finished cells, run none")
     ap.add_argument("--set", dest="overrides", action="append", default=[], help="key=value for every group")
     args = ap.parse_args()
     out = Path(args.out)
@@ -153,14 +161,14 @@ def main() -> None:
     unknown = [g for g in groups if g != "main" and g not in ABLATIONS]
     if unknown:
         raise SystemExit(f"unknown group(s) {unknown}; choose from main, {', '.join(ABLATIONS)}")
-    for group in groups:
+    for group in [] if args.summary_only else groups:
         changes = [] if group == "main" else ABLATIONS[group]
         cfg = config(args.config, out / ".cache", [*extra, *changes])
         methods = ["tdmr", "distill-linear-probe"] if group == "main" else ["tdmr"]
         folder = out / (group if group == "main" else f"ablation-{group}")
         print(f"== {group}: {methods} -> {folder} {changes}")
         run_sweep(cfg, methods, [args.budget], seeds if group == "main" else ablation_seeds, folder)
-    summary = summarize(out, groups, args.budget, seeds, Path(args.baselines), ablation_seeds)
+    summary = summarize(out, args.budget, seeds, Path(args.baselines))
     print((out / "summary.md").read_text())
     print(f"{len(summary['rows'])} rows -> {out / 'summary.md'}")
 
