@@ -40,14 +40,14 @@ def make_records() -> list[dict]:
     return records
 
 
-def assert_png(path: Path) -> None:
+def assert_png(path: Path, size: tuple[int, int] = (960, 600)) -> None:
     from matplotlib.image import imread
 
     data = path.read_bytes()
     assert data[:8] == PNG_SIGNATURE
     assert len(data) > 10_000
     height, width = imread(path).shape[:2]
-    assert (width, height) == (960, 600)
+    assert (width, height) == size
 
 
 def test_report_from_stored_results(tmp_path: Path) -> None:
@@ -81,7 +81,7 @@ def test_report_from_stored_results(tmp_path: Path) -> None:
     assert float(rows[1]["stage_seconds.distill"]) == pytest.approx(201.3)
 
     assert_png(paths["accuracy_vs_labels"])
-    assert_png(paths["accuracy_vs_compute"])
+    assert_png(paths["accuracy_vs_compute"], (1440, 480))  # one panel per budget (3) and the legend
 
     page = paths["report_html"].read_text()
     assert page.count("data:image/png;base64,") == 2

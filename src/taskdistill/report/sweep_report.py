@@ -209,31 +209,47 @@ def plot_accuracy_vs_labels(records: Sequence[dict[str, Any]], path: Path, metri
 
 def plot_accuracy_vs_compute(records: Sequence[dict[str, Any]], path: Path, metric: str = "top1",
                              budget_unit: str = LABELS_PER_CLASS) -> None:
-    """PNG: `metric` (%) against mean wall-clock seconds per run; one marker per method, points labelled by budget.
+    """PNG: `metric` (%) against mean wall-clock seconds per run, one panel per budget, one marker per method
+    (sample-std error bars); the x axis is shared, so a method's cost can be read across budgets.
 
     Wall time is the one compute measure every cell records end to end (teacher, distillation, finetune).
     """
+    import math
+
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
     groups = _group(records, metric)
-    fig, ax = _new_axes(f"{_metric_name(metric)} vs training time (mean ± std over seeds)")
-    all_x: list[float] = []
+    budgets = _budgets(groups)
+    points: dict[int, list[tuple[int, str, float, float, float]]] = {b: [] for b in budgets}
     for i, (method, per_budget) in enumerate(groups.items()):
-        pts = [(s, *_mean_std(per_budget[b]), b) for b in sorted(per_budget)
-               if (s := _mean_seconds(records, method, b)) is not None]
-        if not pts:
-            continue
-        all_x += [p[0] for p in pts]
-        ax.errorbar([p[0] for p in pts], [100 * p[1] for p in pts], yerr=[100 * p[2] for p in pts], label=method,
-                    marker=MARKERS[i % len(MARKERS)], markersize=8, capsize=4, linestyle=":", linewidth=1)
-        for x, m, _, b in pts:
-            ax.annotate(str(b), (x, 100 * m), textcoords="offset points", xytext=(8, -3), ha="left", va="top",
-                        fontsize=9, bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.8})
+        for b in sorted(per_budget):
+            if (sec := _mean_seconds(records, method, b)) is not None:
+                points[b].append((i, method, sec, *_mean_std(per_budget[b])))
+    all_x = [p[2] for pts in points.values() for p in pts]
     if not all_x:
         raise ValueError("no record has `seconds`: cannot plot accuracy against training time")
-    _log_if_wide(ax, all_x)
-    ax.margins(x=0.1)  # room for the budget labels right of the last points
-    ax.set_xlabel("wall-clock training time per run (s, mean over seeds)")
-    ax.set_ylabel(f"{_metric_name(metric)} (%)")
-    _save(fig, ax, Path(path), legend_title=f"method\n(point labels:\n{budget_unit})")
+    cols = min(4, len(budgets))
+    rows = math.ceil(len(budgets) / cols)
+    fig = Figure(figsize=(3.2 * cols + 2.4, 3.4 * rows + 0.6), dpi=120, layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(rows, cols, sharex=True, squeeze=False).ravel()
+    handles: dict[str, Any] = {}
+    for ax, b in zip(axes, budgets, strict=False):
+        for i, method, sec, mean, std in points[b]:
+            handles[method] = ax.errorbar([sec], [100 * mean], yerr=[100 * std], marker=MARKERS[i % len(MARKERS)],
+                                          color=f"C{i % 10}", markersize=8, capsize=4, linestyle="none")
+        ax.set_title(f"{b} {budget_unit}")
+        ax.grid(True, which="major", alpha=0.35)
+        _log_if_wide(ax, all_x)
+        ax.set_ylabel(f"{_metric_name(metric)} (%)")
+        ax.set_xlabel("training time per run (s)")
+    for ax in axes[len(budgets):]:
+        ax.set_visible(False)
+    fig.suptitle(f"{_metric_name(metric)} vs wall-clock training time (mean ± std over seeds)")
+    fig.legend(list(handles.values()), list(handles), title="method", loc="outside right upper", frameon=False)
+    with atomic_path(Path(path)) as tmp:
+        fig.savefig(tmp, format="png")
 
 
 # ---- report ---------------------------------------------------------------------------------------
