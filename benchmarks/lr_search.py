@@ -41,7 +41,7 @@ GRID: dict[str, tuple[str, list[float]]] = {
 SEG_GRID: dict[str, tuple[str, list[float]]] = {
     "scratch": ("student.scratch.lr", [5e-4, 1.5e-3, 5e-3, 1.5e-2]),
     "pretrained-finetune": ("student.pretrained_finetune.lr", [1e-4, 3e-4, 1e-3, 3e-3]),
-    "task-agnostic": ("feature_distill.train.lr", [1.5e-3, 5e-3, 1.5e-2]),
+    "task-agnostic": ("feature_distill.train.lr", [1.5e-3, 5e-3, 1.5e-2, 4.5e-2]),
     "task-oriented": ("distill.train.lr", [1.5e-3, 5e-3, 1.5e-2, 4.5e-2]),
 }
 
