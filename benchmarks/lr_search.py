@@ -39,10 +39,10 @@ GRID: dict[str, tuple[str, list[float]]] = {
 }
 # segmentation (seg-composite): three rates around each configured one, extended the same way
 SEG_GRID: dict[str, tuple[str, list[float]]] = {
-    "scratch": ("student.scratch.lr", [5e-4, 1.5e-3, 5e-3, 1.5e-2]),
-    "pretrained-finetune": ("student.pretrained_finetune.lr", [1e-4, 3e-4, 1e-3, 3e-3]),
+    "scratch": ("student.scratch.lr", [1.5e-4, 5e-4, 1.5e-3, 5e-3, 1.5e-2]),
+    "pretrained-finetune": ("student.pretrained_finetune.lr", [3e-5, 1e-4, 3e-4, 1e-3, 3e-3]),
     "task-agnostic": ("feature_distill.train.lr", [1.5e-3, 5e-3, 1.5e-2, 4.5e-2]),
-    "task-oriented": ("distill.train.lr", [1.5e-3, 5e-3, 1.5e-2, 4.5e-2]),
+    "task-oriented": ("distill.train.lr", [1.5e-3, 5e-3, 1.5e-2, 4.5e-2, 1.35e-1]),
 }
 
 

@@ -184,18 +184,21 @@ def _read_cached(folder: Path, names: list[str]) -> SegTaskData | None:
 
 
 def _write_cached(folder: Path, data: SegTaskData) -> None:
-    """`<folder>/{train,test}_{images,masks}.npy` + done.json, built in `<folder>.partial` and renamed."""
-    partial = folder.with_name(folder.name + ".partial")
+    """`<folder>/{train,test}_{images,masks}.npy` + done.json, built in a partial folder of this process's own
+    and renamed; when processes race, the first rename wins and the others drop their copy."""
+    partial = folder.with_name(f"{folder.name}.partial-{os.getpid()}")
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
     for split, part in (("train", data.train), ("test", data.test)):
         np.save(partial / f"{split}_images.npy", part.images.numpy())
         np.save(partial / f"{split}_masks.npy", part.masks.numpy())
     write_json(partial / "done.json", {"train_ids": data.train.ids, "test_ids": data.test.ids})
-    if folder.exists():  # another process finished first
+    try:
+        os.rename(partial, folder)
+    except OSError:  # another process finished first (the folder exists and is not empty)
         shutil.rmtree(partial)
-    else:
-        os.replace(partial, folder)
+        if not (folder / "done.json").is_file():
+            raise
 
 
 def load_fashion_composite(spec: CompositeSpec, root: str | None = None,
