@@ -1,7 +1,7 @@
 # The two commands of the README:
 #   make run   installs everything and runs the built-in default (Fashion-MNIST, 10 labels per class)
 #   make test  installs everything and runs the tests (what .ci/run calls)
-.PHONY: run test lint bench-default bench-distill bench-sweep
+.PHONY: run test lint bench-default bench-distill bench-sweep bench-seg
 
 run:
 	scripts/setup.sh
@@ -31,3 +31,8 @@ bench-sweep:
 	.venv/bin/taskdistill sweep fashion-mnist-sweep --budgets 1,5,10,50 --seeds 0,1,2 \
 		--methods teacher-linear,teacher-finetune,scratch,pretrained-finetune,task-agnostic,task-oriented,task-oriented-pretrained \
 		--out benchmarks/results/sweep
+
+bench-seg:
+	scripts/setup.sh
+	.venv/bin/python benchmarks/lr_search.py --config seg-composite --budget 10 --val 50 --out benchmarks/results/seg_lr_search
+	.venv/bin/python benchmarks/segmentation_sweep.py --budgets 10,30,100 --seeds 0,1,2
