@@ -30,6 +30,7 @@ from typing import Any
 from taskdistill.config import RunConfig, load_config
 from taskdistill.engine.atomic import write_json, write_text
 from taskdistill.pipelines.task_oriented import run_task_oriented
+from taskdistill.retrieval.demo_pool import parse_caps
 from taskdistill.retrieval.embed import EncoderSpec, embed_pool
 from taskdistill.retrieval.pool import open_pool
 from taskdistill.retrieval.transfer_set import CurateOptions, curate_transfer_set, split_for_curation
@@ -52,16 +53,6 @@ def ensure_pool(path: Path, caps: dict[str, int]) -> None:
 
     print(f"building the demo pool in {path} ...")
     build_demo_pool(path, caps=caps)
-
-
-def parse_caps(items: list[str]) -> dict[str, int]:
-    caps = {}
-    for item in items:
-        name, _, value = item.partition("=")
-        if not value.isdigit():
-            raise SystemExit(f"--cap {item!r}: expected SOURCE=N, e.g. --cap fashion-mnist=8000")
-        caps[name.strip()] = int(value)
-    return caps
 
 
 def ensure_embeddings(pool: Path, out: Path, spec: EncoderSpec) -> None:

@@ -91,12 +91,13 @@ def _pct(x: float | None, signed: bool = False) -> str:
 
 
 def summarize(out: Path, budget: int, seeds: list[int], baselines: Path) -> dict[str, Any]:
-    """Collect the finished cells of every group (whichever invocation ran them; seeds 0-99) and the main
+    """Collect the finished cells of every group (whichever invocation ran them, any seed) and the main
     sweep's baselines (`seeds`) into summary.md/json. Ablations are compared with the main `tdmr` on the
     seeds they ran."""
     def load(folder: Path, method: str, wanted: list[int] | None = None) -> list[dict[str, Any]]:
-        paths = [cell_path(folder, method, budget, s) for s in (wanted if wanted is not None else range(100))]
-        return [json.loads(p.read_text()) for p in paths if p.is_file()]
+        recs = [json.loads(p.read_text()) for p in sorted(cell_path(folder, method, budget, 0).parent.glob(
+            f"{method}__b{budget}__s*.json"))]
+        return [r for r in recs if wanted is None or r["seed"] in wanted]
 
     task_oriented = {r["seed"]: r["top1"] for r in load(baselines, "task-oriented", seeds)}
     tdmr_main = {r["seed"]: r["top1"] for r in load(out / "main", "tdmr")}

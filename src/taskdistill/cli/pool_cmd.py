@@ -6,20 +6,6 @@ import argparse
 import json
 
 from taskdistill.cli.common import add_config_args, config_from_args
-from taskdistill.errors import ConfigError
-
-
-def _caps(items: list[str]) -> dict[str, int]:
-    caps: dict[str, int] = {}
-    for item in items:
-        name, sep, value = item.partition("=")
-        try:
-            caps[name.strip()] = int(value)
-        except ValueError:
-            raise ConfigError(f"--cap '{item}' must be SOURCE=COUNT, e.g. --cap mnist=5000") from None
-        if not sep:
-            raise ConfigError(f"--cap '{item}' must be SOURCE=COUNT, e.g. --cap mnist=5000")
-    return caps
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -94,9 +80,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _build_demo(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from taskdistill.retrieval.demo_pool import SourceRoots, build_demo_pool
+    from taskdistill.retrieval.demo_pool import SourceRoots, build_demo_pool, parse_caps
 
-    summary = build_demo_pool(args.out, SourceRoots(npm=Path(args.npm_dir)), _caps(args.cap), args.shard_size,
+    summary = build_demo_pool(args.out, SourceRoots(npm=Path(args.npm_dir)), parse_caps(args.cap), args.shard_size,
                               args.seed, args.max_side, args.require_all, args.force)
     print(json.dumps({k: summary[k] for k in ("images", "counts", "shards", "skipped_sources")}, indent=2))
     return 0

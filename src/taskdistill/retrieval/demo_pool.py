@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 from taskdistill.data.idx import read_idx
 from taskdistill.data.sources import FASHION_MNIST_ROOT
 from taskdistill.engine.atomic import atomic_path, write_json
-from taskdistill.errors import DataError
+from taskdistill.errors import ConfigError, DataError
 
 FORMAT = "taskdistill-demo-pool/1"
 SOURCES = ("fashion-mnist", "mnist", "emoji", "openclipart", "tuxpaint", "glyphs")
@@ -149,6 +149,20 @@ def _glyphs(roots: SourceRoots, cap: int, rng: np.random.Generator, size: int = 
     pairs = [(f, c) for f in fonts for c in GLYPH_CHARS]
     return [Sample("glyphs", f"{pairs[i][0]}:{pairs[i][1]}", lambda fc=pairs[i]: render(*fc))
             for i in _pick(len(pairs), cap, rng)]
+
+
+def parse_caps(items: list[str]) -> dict[str, int]:
+    """`["mnist=5000", ...]` (the `--cap SOURCE=COUNT` options) -> `{"mnist": 5000, ...}`."""
+    caps: dict[str, int] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        try:
+            caps[name.strip()] = int(value)
+        except ValueError:
+            raise ConfigError(f"--cap '{item}' must be SOURCE=COUNT, e.g. --cap mnist=5000") from None
+        if not sep:
+            raise ConfigError(f"--cap '{item}' must be SOURCE=COUNT, e.g. --cap mnist=5000")
+    return caps
 
 
 def collect_samples(roots: SourceRoots, caps: dict[str, int], seed: int, max_side: int,
