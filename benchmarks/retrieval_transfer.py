@@ -12,6 +12,7 @@ Run (long: one distillation + finetune per strategy; the lead runs it):
   .venv/bin/python benchmarks/retrieval_transfer.py [--n 6000] [--labels-per-class 10]
       [--strategies random,best-matches,query-balanced-image,class-balanced]
       [--clip-encoder open_clip:MODEL/TAG]   # adds query-balanced-text (needs that model's weights on disk)
+      [--seeds 0,1,2]                        # one OUT/seed<S>/ per seed, summary.md = mean ± std
       [--set KEY=VALUE ...]                  # run overrides, e.g. distill.train.epochs=1 for a smoke test
       [--cap fashion-mnist=4000 --pool data/pool-fm4k --embeddings data/emb-fm4k-lite2]   # a more diluted pool
 The pool (`--pool`, built with `taskdistill pool build-demo` when missing) and its embeddings (`--embeddings`,
@@ -26,6 +27,8 @@ import json
 import time
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from taskdistill.config import RunConfig, load_config
 from taskdistill.engine.atomic import write_json, write_text
@@ -77,6 +80,100 @@ def top1(rows: list[dict[str, Any]], stage: str) -> float | None:
     return next((100 * r["top1"] for r in rows if r["stage"] == stage), None)
 
 
+def run_seed(args: argparse.Namespace, seed: int, jobs: list[tuple[str, Path]], out: Path) -> dict[str, Any]:
+    """Oracle + every strategy for one seed into `out`; a finished seed's summary.json is reused unless --force."""
+    names = ["oracle"] + [s for s, _ in jobs]
+    summary_path = out / "summary.json"
+    if summary_path.is_file() and not args.force:
+        done = json.loads(summary_path.read_text())
+        if [r["name"] for r in done["results"] if "name" in r] == names and done["meta"]["n"] == args.n:
+            return done
+
+    def config(name: str, source: str, baselines: str) -> RunConfig:
+        return load_config(RunConfig, None, [
+            f"seed={seed}", f"name={name}", f"output_dir={out / 'runs'}",
+            f"data.labels_per_class={args.labels_per_class}", f"distill.transfer.source={source}",
+            f"distill.transfer.max_images={args.n}", f"baselines={baselines}", *args.overrides])
+
+    mode = "force" if args.force else "resume"
+    results = []
+    t = time.perf_counter()
+    oracle = run_task_oriented(config("oracle", "unlabeled", "[scratch]"), mode=mode)
+    teacher_ckpt = str(oracle.path / "checkpoints" / "teacher")
+    results.append({"name": "oracle", "transfer_set": "oracle (task's unlabeled images)", "precision": 1.0,
+                    "sources": {TASK_SOURCE: args.n}, "leakage_dropped": None,
+                    "distilled_top1": top1(oracle.rows, "student_distilled"), "student_top1": top1(oracle.rows, "student"),
+                    "seconds": round(time.perf_counter() - t, 1)})
+    for strategy, emb_dir in jobs:
+        t = time.perf_counter()
+        manifest_dir = out / "manifests" / strategy
+        summary = curated(config(strategy, "unlabeled", "[]"), emb_dir, strategy, args.n, manifest_dir, args.force)
+        cfg = config(strategy, str((manifest_dir / "manifest.csv").resolve()), "[]")
+        run = run_task_oriented(cfg, mode=mode, stages=("student_distilled", "student"), teacher_checkpoint=teacher_ckpt)
+        results.append({"name": strategy, "transfer_set": strategy, "precision": summary["precision"],
+                        "sources": summary["sources"], "n_selected": summary["n_selected"],
+                        "leakage_dropped": summary["leakage"]["dropped"],
+                        "distilled_top1": top1(run.rows, "student_distilled"), "student_top1": top1(run.rows, "student"),
+                        "seconds": round(time.perf_counter() - t, 1)})
+        print(json.dumps(results[-1]))
+    meta = {"n": args.n, "labels_per_class": args.labels_per_class, "seed": seed, "overrides": args.overrides,
+            "pool": str(args.pool), "pool_caps": json.loads((Path(args.pool) / "pool.json").read_text()).get("caps"),
+            "teacher_top1": top1(oracle.rows, "teacher"), "scratch_top1": top1(oracle.rows, "scratch")}
+    done = {"meta": meta, "results": results}
+    write_json(summary_path, done)
+    write_text(out / "summary.md", "\n".join(seed_table(done)) + "\n")
+    return done
+
+
+def seed_table(done: dict[str, Any]) -> list[str]:
+    """One seed's rows: precision, sources, leakage drops and the two student accuracies."""
+    meta = done["meta"]
+    lines = [f"# Seed {meta['seed']}: Fashion-MNIST, {meta['labels_per_class']} labels/class, N = {meta['n']}", "",
+             f"teacher (finetuned) top-1: {meta['teacher_top1']:.2f}; student from scratch: "
+             f"{meta['scratch_top1'] or float('nan'):.2f}. Pool: {meta['pool']} (caps {meta['pool_caps']}).", "",
+             "| transfer set | precision | sources | leakage drops | distilled top-1 | transferred top-1 |",
+             "|---|---|---|---|---|---|"]
+    for r in done["results"]:
+        src = ", ".join(f"{k} {v}" for k, v in r["sources"].items())
+        drops = "" if r["leakage_dropped"] is None else str(r["leakage_dropped"])
+        lines.append(f"| {r['transfer_set']} | {r['precision']:.3f} | {src} | {drops} | {r['distilled_top1']:.2f} | "
+                     f"{r['student_top1']:.2f} |")
+    return lines
+
+
+def mean_std(values: list[float]) -> str:
+    arr = np.asarray(values, dtype=float)
+    return f"{arr.mean():.2f} ± {arr.std(ddof=1):.2f}" if len(arr) > 1 else f"{arr.mean():.2f}"
+
+
+def across_seeds(per_seed: list[dict[str, Any]]) -> list[str]:
+    """Mean ± std over seeds per transfer set, with the per-seed deltas against the oracle and against random."""
+    seeds = [d["meta"]["seed"] for d in per_seed]
+    by_name = {r["name"]: [] for r in per_seed[0]["results"]}
+    for d in per_seed:
+        for r in d["results"]:
+            by_name[r["name"]].append(r)
+    lines = [f"# Retrieval-augmented transfer sets over seeds {', '.join(map(str, seeds))}", "",
+             f"Fashion-MNIST, {per_seed[0]['meta']['labels_per_class']} labels/class, N = {per_seed[0]['meta']['n']}; "
+             f"pool {per_seed[0]['meta']['pool']}; teacher (finetuned) "
+             f"{mean_std([d['meta']['teacher_top1'] for d in per_seed])}. Deltas are transferred top-1, "
+             f"mean over seeds, then each seed's value.", "",
+             "| transfer set | precision | distilled top-1 | transferred top-1 | vs oracle | vs random |",
+             "|---|---|---|---|---|---|"]
+
+    def delta(rows: list[dict[str, Any]], ref: str) -> str:
+        if ref not in by_name:
+            return ""
+        d = [r["student_top1"] - o["student_top1"] for r, o in zip(rows, by_name[ref], strict=True)]
+        return f"{np.mean(d):+.2f} ({', '.join(f'{x:+.2f}' for x in d)})"
+
+    for rows in by_name.values():
+        lines.append(f"| {rows[0]['transfer_set']} | {np.mean([r['precision'] for r in rows]):.3f} | "
+                     f"{mean_std([r['distilled_top1'] for r in rows])} | {mean_std([r['student_top1'] for r in rows])} | "
+                     f"{delta(rows, 'oracle')} | {delta(rows, 'random')} |")
+    return lines
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--pool", default="data/pool-demo")
@@ -87,7 +184,7 @@ def main() -> None:
     ap.add_argument("--labels-per-class", type=int, default=10)
     ap.add_argument("--strategies", default="random,best-matches,query-balanced-image,class-balanced")
     ap.add_argument("--clip-encoder", default=None, help="open_clip:MODEL/TAG for query-balanced-text")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seeds", default="0", help="comma-separated; each seed writes OUT/seed<S>/")
     ap.add_argument("--out", default="benchmarks/results/retrieval_transfer")
     ap.add_argument("--set", dest="overrides", action="append", default=[])
     ap.add_argument("--force", action="store_true", help="curate and train everything again")
@@ -96,53 +193,17 @@ def main() -> None:
     pool, emb = Path(args.pool), Path(args.embeddings)
     ensure_pool(pool, parse_caps(args.cap))
     ensure_embeddings(pool, emb, ENCODER)
-    jobs = [(s, emb) for s in args.strategies.split(",") if s.strip()]
+    jobs = [(s.strip(), emb) for s in args.strategies.split(",") if s.strip()]
     if args.clip_encoder:
         clip_emb = emb.parent / f"{emb.name}-clip"
         ensure_embeddings(pool, clip_emb, EncoderSpec(name=args.clip_encoder, pretrained=True))
         jobs.append(("query-balanced-text", clip_emb))
-
-    def config(name: str, source: str, baselines: str) -> RunConfig:
-        return load_config(RunConfig, None, [
-            f"seed={args.seed}", f"name={name}", f"output_dir={out / 'runs'}",
-            f"data.labels_per_class={args.labels_per_class}", f"distill.transfer.source={source}",
-            f"distill.transfer.max_images={args.n}", f"baselines={baselines}", *args.overrides])
-
-    mode = "force" if args.force else "resume"
-    results = []
-    t = time.perf_counter()
-    oracle = run_task_oriented(config("oracle", "unlabeled", "[scratch]"), mode=mode)
-    teacher_ckpt = str(oracle.path / "checkpoints" / "teacher")
-    results.append({"transfer_set": "oracle (task's unlabeled images)", "precision": 1.0,
-                    "sources": {TASK_SOURCE: args.n}, "leakage_dropped": None,
-                    "distilled_top1": top1(oracle.rows, "student_distilled"), "student_top1": top1(oracle.rows, "student"),
-                    "seconds": round(time.perf_counter() - t, 1)})
-    for strategy, emb_dir in jobs:
-        t = time.perf_counter()
-        manifest_dir = out / "manifests" / strategy
-        summary = curated(config(strategy, "unlabeled", "[]"), emb_dir, strategy, args.n, manifest_dir, args.force)
-        cfg = config(strategy, str((manifest_dir / "manifest.csv").resolve()), "[]")
-        run = run_task_oriented(cfg, mode=mode, stages=("student_distilled", "student"), teacher_checkpoint=teacher_ckpt)
-        results.append({"transfer_set": strategy, "precision": summary["precision"], "sources": summary["sources"],
-                        "n_selected": summary["n_selected"], "leakage_dropped": summary["leakage"]["dropped"],
-                        "distilled_top1": top1(run.rows, "student_distilled"), "student_top1": top1(run.rows, "student"),
-                        "seconds": round(time.perf_counter() - t, 1)})
-        print(json.dumps(results[-1]))
-
-    lines = [f"# Retrieval-augmented transfer sets: Fashion-MNIST, {args.labels_per_class} labels/class, N = {args.n}",
-             "", f"teacher (finetuned) top-1: {top1(oracle.rows, 'teacher'):.2f}; student from scratch: "
-             f"{top1(oracle.rows, 'scratch') or float('nan'):.2f}. Encoder: {ENCODER.name} (packaged weights, 64 px).",
-             "", "| transfer set | precision | sources | leakage drops | distilled top-1 | transferred top-1 |",
-             "|---|---|---|---|---|---|"]
-    for r in results:
-        src = ", ".join(f"{k} {v}" for k, v in r["sources"].items())
-        drops = "" if r["leakage_dropped"] is None else str(r["leakage_dropped"])
-        lines.append(f"| {r['transfer_set']} | {r['precision']:.3f} | {src} | {drops} | {r['distilled_top1']:.2f} | "
-                     f"{r['student_top1']:.2f} |")
-    meta = {"n": args.n, "labels_per_class": args.labels_per_class, "seed": args.seed, "overrides": args.overrides,
-            "pool": str(pool), "pool_caps": json.loads((pool / "pool.json").read_text()).get("caps"),
-            "teacher_top1": top1(oracle.rows, "teacher"), "scratch_top1": top1(oracle.rows, "scratch")}
-    write_json(out / "summary.json", {"meta": meta, "results": results})
+    seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    per_seed = [run_seed(args, seed, jobs, out / f"seed{seed}") for seed in seeds]
+    lines = across_seeds(per_seed)
+    for d in per_seed:
+        lines += [""] + ["#" + line if line.startswith("# ") else line for line in seed_table(d)]
+    write_json(out / "summary.json", {"seeds": seeds, "per_seed": per_seed})
     write_text(out / "summary.md", "\n".join(lines) + "\n")
     print("\n".join(lines))
 

