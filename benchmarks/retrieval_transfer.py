@@ -135,10 +135,11 @@ def run_seed(args: argparse.Namespace, seed: int, jobs: list[Job], out: Path) ->
     meta = {"n": args.n, "labels_per_class": args.labels_per_class, "seed": seed, "overrides": args.overrides,
             "pool": str(args.pool), "pool_caps": json.loads((Path(args.pool) / "pool.json").read_text()).get("caps"),
             "teacher_top1": top1(oracle.rows, "teacher"), "scratch_top1": top1(oracle.rows, "scratch")}
-    done = {"meta": meta, "results": results}
-    write_json(summary_path, done)
-    write_text(out / "summary.md", "\n".join(seed_table(done)) + "\n")
-    return done
+    asked = {r["name"] for r in results}
+    kept = {"meta": meta, "results": results + [r for name, r in prev.items() if name not in asked]}
+    write_json(summary_path, kept)  # rows of earlier calls that this one did not ask for stay on disk
+    write_text(out / "summary.md", "\n".join(seed_table(kept)) + "\n")
+    return {"meta": meta, "results": results}
 
 
 def seed_table(done: dict[str, Any]) -> list[str]:
