@@ -36,6 +36,7 @@ import numpy as np
 from taskdistill.config import RunConfig, load_config
 from taskdistill.engine.atomic import write_json, write_text
 from taskdistill.pipelines.task_oriented import run_task_oriented
+from taskdistill.report.sweep_report import mean_std
 from taskdistill.retrieval.demo_pool import parse_caps
 from taskdistill.retrieval.embed import EncoderSpec, embed_pool
 from taskdistill.retrieval.pool import open_pool
@@ -158,9 +159,9 @@ def seed_table(done: dict[str, Any]) -> list[str]:
     return lines
 
 
-def mean_std(values: list[float]) -> str:
-    arr = np.asarray(values, dtype=float)
-    return f"{arr.mean():.2f} ± {arr.std(ddof=1):.2f}" if len(arr) > 1 else f"{arr.mean():.2f}"
+def mean_pm_std(values: list[float]) -> str:
+    mean, std = mean_std(values)
+    return f"{mean:.2f} ± {std:.2f}" if len(values) > 1 else f"{mean:.2f}"
 
 
 def across_seeds(per_seed: list[dict[str, Any]]) -> list[str]:
@@ -173,7 +174,7 @@ def across_seeds(per_seed: list[dict[str, Any]]) -> list[str]:
     lines = [f"# Retrieval-augmented transfer sets over seeds {', '.join(map(str, seeds))}", "",
              f"Fashion-MNIST, {per_seed[0]['meta']['labels_per_class']} labels/class, N = {per_seed[0]['meta']['n']}; "
              f"pool {per_seed[0]['meta']['pool']}; teacher (finetuned) "
-             f"{mean_std([d['meta']['teacher_top1'] for d in per_seed])}. Deltas are transferred top-1, "
+             f"{mean_pm_std([d['meta']['teacher_top1'] for d in per_seed])}. Deltas are transferred top-1, "
              f"mean over seeds, then each seed's value.", "",
              "| transfer set | precision | distilled top-1 | transferred top-1 | vs oracle | vs random |",
              "|---|---|---|---|---|---|"]
@@ -186,7 +187,7 @@ def across_seeds(per_seed: list[dict[str, Any]]) -> list[str]:
 
     for rows in by_name.values():
         lines.append(f"| {rows[0]['transfer_set']} | {np.mean([r['precision'] for r in rows]):.3f} | "
-                     f"{mean_std([r['distilled_top1'] for r in rows])} | {mean_std([r['student_top1'] for r in rows])} | "
+                     f"{mean_pm_std([r['distilled_top1'] for r in rows])} | {mean_pm_std([r['student_top1'] for r in rows])} | "
                      f"{delta(rows, 'oracle')} | {delta(rows, 'random')} |")
     return lines
 

@@ -28,6 +28,7 @@ from taskdistill.cli.common import shipped_configs
 from taskdistill.config import RunConfig, load_config
 from taskdistill.engine.atomic import write_json, write_text
 from taskdistill.pipelines.sweep import cell_path, run_sweep
+from taskdistill.report.sweep_report import mean_std
 
 ABLATIONS: dict[str, list[str]] = {
     "prompt-none": ["tdmr.prompt=none"],
@@ -59,10 +60,6 @@ def config(name: str, cache_dir: Path, extra: list[str]) -> RunConfig:
     return load_config(RunConfig, path, [*aligned, f"distill.cache_dir={cache_dir}", *extra])
 
 
-def _mean_std(values: list[float]) -> tuple[float, float]:
-    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
-
-
 def _paired(recs: list[dict[str, Any]], reference: dict[int, float]) -> float | None:
     """Mean of `top1 - reference[seed]` over the records whose seed the reference has."""
     diffs = [r["top1"] - reference[r["seed"]] for r in recs if r["seed"] in reference]
@@ -72,7 +69,7 @@ def _paired(recs: list[dict[str, Any]], reference: dict[int, float]) -> float | 
 def _row(name: str, recs: list[dict[str, Any]], reference: dict[int, float],
          tdmr_main: dict[int, float] | None = None) -> dict[str, Any]:
     top1 = [r["top1"] for r in recs]
-    mean, std = _mean_std(top1)
+    mean, std = mean_std(top1)
     teacher_top1 = [r["reprogrammed_teacher_top1"] for r in recs if r.get("reprogrammed_teacher_top1") is not None]
     return {
         "name": name, "seeds": sorted(r["seed"] for r in recs), "top1_mean": mean, "top1_std": std,

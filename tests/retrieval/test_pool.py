@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import tarfile
+import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from taskdistill.data.sources import FASHION_MNIST_ROOT, decode_image
 from taskdistill.errors import DataError
@@ -126,8 +128,6 @@ def test_demo_pool_tags_sources_skips_missing_ones_and_keeps_test_images_out(tmp
 
 def test_demo_pool_reads_huge_packaged_clip_art_without_a_bomb_warning(tmp_path: Path,
                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
-    from PIL import Image
-
     art = tmp_path / "openclipart"
     art.mkdir()
     Image.new("RGBA", (80, 60), (255, 0, 0, 128)).save(art / "big.png")
@@ -136,8 +136,6 @@ def test_demo_pool_reads_huge_packaged_clip_art_without_a_bomb_warning(tmp_path:
         Image.open(art / "big.png").close()  # the planted file does trip PIL's check
     roots = SourceRoots(npm=tmp_path / "none", openclipart=art, tuxpaint=tmp_path / "none", fonts=tmp_path / "none")
     caps = {"fashion-mnist": 0, "mnist": 0, "emoji": 0, "openclipart": 1, "tuxpaint": 0, "glyphs": 0}
-    import warnings
-
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         summary = build_demo_pool(tmp_path / "pool", roots, caps, max_side=32)

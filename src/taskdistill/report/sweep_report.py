@@ -32,7 +32,7 @@ def _pct(x: float) -> str:
 
 def _cell(values: Sequence[float], show_n: bool) -> str:
     """`mean ± sample std` in percent; a single value has no std; `(n=k)` when cells differ in size."""
-    mean, std = _mean_std(values)
+    mean, std = mean_std(values)
     text = _pct(mean) if len(values) == 1 else f"{_pct(mean)} ± {_pct(std)}"
     return f"{text} (n={len(values)})" if show_n else text
 
@@ -52,7 +52,7 @@ def _unit_header(budget_unit: str) -> str:
 
 
 # ---- records --------------------------------------------------------------------------------------
-def _mean_std(values: Sequence[float]) -> tuple[float, float]:
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
     """Mean and sample std (ddof=1); std is 0 for a single value."""
     arr = np.asarray(values, dtype=float)
     return float(arr.mean()), float(arr.std(ddof=1)) if arr.size > 1 else 0.0
@@ -135,13 +135,13 @@ def _table(records: Sequence[dict[str, Any]], metric: str,
     groups = _group(records, metric)
     budgets = _budgets(groups)
     show_n = len({len(v) for per_budget in groups.values() for v in per_budget.values()}) > 1
-    best = {b: max(round(100 * _mean_std(g[b])[0], 2) for g in groups.values() if b in g) for b in budgets}
+    best = {b: max(round(100 * mean_std(g[b])[0], 2) for g in groups.values() if b in g) for b in budgets}
     rows = []
     for method, per_budget in groups.items():
         row = [(method, False)]
         for b in budgets:
             v = per_budget.get(b)
-            row.append(("–", False) if v is None else (_cell(v, show_n), round(100 * _mean_std(v)[0], 2) == best[b]))
+            row.append(("–", False) if v is None else (_cell(v, show_n), round(100 * mean_std(v)[0], 2) == best[b]))
         row.append((_secs(_mean_seconds(records, method)), False))
         rows.append(row)
     headers = ["method"] + [f"{b} {_unit_header(budget_unit)}" for b in budgets] + ["mean wall time (s)"]
@@ -196,7 +196,7 @@ def plot_accuracy_vs_labels(records: Sequence[dict[str, Any]], path: Path, metri
     fig, ax = _new_axes(f"{_metric_name(metric)} vs {budget_unit} (mean ± std over seeds)")
     for i, (method, per_budget) in enumerate(groups.items()):
         xs = sorted(per_budget)
-        stats = [_mean_std(per_budget[b]) for b in xs]
+        stats = [mean_std(per_budget[b]) for b in xs]
         ax.errorbar(xs, [100 * m for m, _ in stats], yerr=[100 * s for _, s in stats], label=method,
                     marker=MARKERS[i % len(MARKERS)], capsize=4, linewidth=1.8)
     _log_if_wide(ax, budgets)
@@ -225,7 +225,7 @@ def plot_accuracy_vs_compute(records: Sequence[dict[str, Any]], path: Path, metr
     for i, (method, per_budget) in enumerate(groups.items()):
         for b in sorted(per_budget):
             if (sec := _mean_seconds(records, method, b)) is not None:
-                points[b].append((i, method, sec, *_mean_std(per_budget[b])))
+                points[b].append((i, method, sec, *mean_std(per_budget[b])))
     all_x = [p[2] for pts in points.values() for p in pts]
     if not all_x:
         raise ValueError("no record has `seconds`: cannot plot accuracy against training time")
