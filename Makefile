@@ -42,9 +42,10 @@ bench-retrieval:
 	scripts/setup.sh
 	scripts/setup_pool_data.sh
 	.venv/bin/python benchmarks/retrieval_index.py
-	.venv/bin/python benchmarks/retrieval_transfer.py --seeds 0,1,2 --n 2000 --out benchmarks/results/retrieval_transfer_n2000
 	.venv/bin/python benchmarks/retrieval_transfer.py --seeds 0,1,2
-	.venv/bin/python benchmarks/retrieval_transfer.py --seeds 0,1,2 --cap fashion-mnist=8000 \
+	.venv/bin/python benchmarks/retrieval_transfer.py --seeds 0,1,2 --cap fashion-mnist=20000 \
+		--pool data/pool-demo-fm20k --embeddings data/emb-demo-fm20k-lite2 --out benchmarks/results/retrieval_transfer_fm20k
+	.venv/bin/python benchmarks/retrieval_transfer.py --seeds 0,1,2 --n 6000 --cap fashion-mnist=20000 \
+		--pool data/pool-demo-fm20k --embeddings data/emb-demo-fm20k-lite2 --out benchmarks/results/retrieval_transfer_fm20k_n6000
+	.venv/bin/python benchmarks/retrieval_transfer.py --seeds 0,1,2 --n 6000 --cap fashion-mnist=8000 \
 		--pool data/pool-demo-fm8k --embeddings data/emb-demo-fm8k-lite2 --out benchmarks/results/retrieval_transfer_fm8k
-	.venv/bin/python benchmarks/retrieval_transfer.py --seeds 0,1,2 --n 2000 --cap fashion-mnist=2500 \
-		--pool data/pool-demo-fm2k5 --embeddings data/emb-demo-fm2k5-lite2 --out benchmarks/results/retrieval_transfer_fm2k5

@@ -9,13 +9,13 @@ from Fashion-MNIST), the source histogram, leakage drops, distilled and transfer
 
 Run (long: one distillation + finetune per strategy; the lead runs it):
   scripts/setup_pool_data.sh
-  .venv/bin/python benchmarks/retrieval_transfer.py [--n 6000] [--labels-per-class 10]
+  .venv/bin/python benchmarks/retrieval_transfer.py [--n 2000] [--labels-per-class 10]
       [--strategies random,best-matches,query-balanced-image,class-balanced]
       [--clip-encoder open_clip:MODEL/TAG]   # adds query-balanced-text (needs that model's weights on disk)
       [--teacher-embeddings query-balanced-image]   # adds rows curated on the finetuned teacher's embeddings
       [--seeds 0,1,2]                        # one OUT/seed<S>/ per seed, summary.md = mean ± std
       [--set KEY=VALUE ...]                  # run overrides, e.g. distill.train.epochs=1 for a smoke test
-      [--cap fashion-mnist=4000 --pool data/pool-fm4k --embeddings data/emb-fm4k-lite2]   # a more diluted pool
+      [--cap fashion-mnist=8000 --pool data/pool-demo-fm8k --embeddings data/emb-demo-fm8k-lite2]   # another mix
 The pool (`--pool`, built with `taskdistill pool build-demo` when missing) and its embeddings (`--embeddings`,
 encoder tf_efficientnet_lite2 with packaged ImageNet weights at 64 px) are reused across invocations;
 finished runs are resumed, not retrained, and rows already in a seed's summary.json are kept (`--force` starts
@@ -37,7 +37,7 @@ from taskdistill.config import RunConfig, load_config
 from taskdistill.engine.atomic import write_json, write_text
 from taskdistill.pipelines.task_oriented import run_task_oriented
 from taskdistill.report.sweep_report import mean_std
-from taskdistill.retrieval.demo_pool import parse_caps
+from taskdistill.retrieval.demo_pool import DEFAULT_CAPS, SOURCES, build_demo_pool, parse_caps
 from taskdistill.retrieval.embed import EncoderSpec, embed_pool
 from taskdistill.retrieval.pool import open_pool
 from taskdistill.retrieval.transfer_set import CurateOptions, curate_transfer_set, split_for_curation
@@ -47,17 +47,21 @@ TASK_SOURCE = "fashion-mnist"
 
 
 def ensure_pool(path: Path, caps: dict[str, int]) -> None:
-    """Build the demo pool at `path` with per-source `caps` when missing; an existing pool must have those caps."""
+    """Build the demo pool at `path` with per-source `caps` (the rest: the demo pool's defaults) when missing.
+
+    An existing pool must have been built with exactly those caps, so a pool built under older defaults
+    is never reused by mistake.
+    """
+    want = {name: caps.get(name, DEFAULT_CAPS[name]) for name in SOURCES}
     meta = path / "pool.json"
     if meta.is_file():
         have = json.loads(meta.read_text()).get("caps", {})
-        wrong = {k: (have.get(k), v) for k, v in caps.items() if have.get(k) != v}
+        wrong = {k: (have.get(k), v) for k, v in want.items() if have.get(k) != v}
         if wrong:
             raise SystemExit(f"{path} was built with other caps ({', '.join(f'{k}: {a} not {b}' for k, (a, b) in wrong.items())}); "
-                             f"name another --pool (and --embeddings) for these caps")
+                             f"rebuild it (`taskdistill pool build-demo --out {path} --force`, then delete its embeddings) "
+                             f"or name another --pool and --embeddings for these caps")
         return
-    from taskdistill.retrieval.demo_pool import build_demo_pool
-
     print(f"building the demo pool in {path} ...")
     build_demo_pool(path, caps=caps)
 
@@ -198,7 +202,7 @@ def main() -> None:
     ap.add_argument("--embeddings", default="data/emb-demo-lite2")
     ap.add_argument("--cap", action="append", default=[], metavar="SOURCE=N",
                     help="images per pool source when the pool is built (default: the demo pool's caps)")
-    ap.add_argument("--n", type=int, default=6000)
+    ap.add_argument("--n", type=int, default=2000)
     ap.add_argument("--labels-per-class", type=int, default=10)
     ap.add_argument("--strategies", default="random,best-matches,query-balanced-image,class-balanced")
     ap.add_argument("--clip-encoder", default=None, help="open_clip:MODEL/TAG for query-balanced-text")
