@@ -7,8 +7,9 @@ the process aborts ("double free or corruption", "free(): invalid next size") or
 The block is 8 channels for the AVX2 kernel and 16 for the AVX-512 one. On this project's AVX2 machine
 (torch 2.14.1) a grid over in-channels 1-16, kernels 1-3 and strides 2-4
 (`benchmarks/conv_channels_last_crash.py`, 32 px inputs) crashed exactly for 1x1 kernels with 2-7
-in-channels at strides 2 and 4 (stride 3 crashed too on a 33 px input), never in the contiguous format. FastViT's stem has one (`stem.0.conv_scale.conv`: 3 -> 48 channels, 1x1, stride 2),
-so training `fastvit_t8` aborted. Every strided 1x1 convolution with fewer than 16 in-channels per group
+in-channels at strides 2 and 4 (stride 3 crashed too on a 33 px input), never in the contiguous format.
+FastViT's stem has one (`stem.0.conv_scale.conv`: 3 -> 48 channels, 1x1, stride 2), so training
+`fastvit_t8` aborted. Every strided 1x1 convolution with fewer than 16 in-channels per group
 (the larger block, so AVX-512 machines are covered too) keeps the contiguous format, weight and input;
 every other layer stays channels_last.
 """
