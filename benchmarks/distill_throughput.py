@@ -44,7 +44,13 @@ from taskdistill.engine.batches import ImageBatches, ViewBatches
 from taskdistill.engine.device import set_threads
 from taskdistill.engine.evaluate import evaluate
 from taskdistill.engine.loop import Schedule, fit
-from taskdistill.pipelines.prepare import build_transfer_set, load_size_for, load_task_data, prepare_data
+from taskdistill.pipelines.prepare import (
+    build_transfer_set,
+    decode_policy_for,
+    load_size_for,
+    load_task_data,
+    prepare_data,
+)
 from taskdistill.pipelines.stages import build_model, train_teacher
 from taskdistill.tasks import DistillTask, SupervisedTask
 
@@ -70,9 +76,9 @@ class Bf16Task:
 
 def labeled_transfer(cfg: RunConfig, data) -> Any:  # noqa: ANN001
     """The transfer images with their (hidden) true labels, for the plain supervised epoch."""
-    size = load_size_for(cfg)
-    task = load_task_data(cfg.data, size)
-    out = build_transfer_set(task, data.split, cfg.distill.transfer, cfg.seed, size, cfg.data.on_bad_image,
+    policy = decode_policy_for(cfg.data, load_size_for(cfg))
+    task = load_task_data(cfg.data, policy)
+    out = build_transfer_set(task, data.split, cfg.distill.transfer, cfg.seed, policy, cfg.data.on_bad_image,
                              keep_labels=True)
     assert out.ids == data.transfer.ids, "transfer ids differ from prepare_data's"
     return out

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,8 @@ from taskdistill.engine.device import set_threads
 # a small machine stall on each other's barriers (measured: 0.6 s vs 25 s per step). TASKDISTILL_TEST_THREADS
 # overrides it (0: every CPU, as the CLI does).
 set_threads(int(os.environ.get("TASKDISTILL_TEST_THREADS", "1")) or None)
+# Image stores built by tests go to a folder of this session, never the user's ~/.cache (child processes inherit it).
+os.environ["TASKDISTILL_CACHE_DIR"] = tempfile.mkdtemp(prefix="taskdistill-test-cache-")
 
 CLASSES = ("bars", "circle", "cross")
 

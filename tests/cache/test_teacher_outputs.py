@@ -65,7 +65,7 @@ def test_stored_values_are_the_teachers_outputs_in_float16(tmp_path):
     data, t = tiny_set(), teacher()
     out, _ = cached_teacher_outputs(t, data, 1, 0, tmp_path, batch_size=5)
     with torch.no_grad():
-        direct = t(model_input(data.images, t.preprocess))
+        direct = t(model_input(data.images.tensor(), t.preprocess))
     assert torch.allclose(out.dense()[:, 0], direct.half().float(), atol=1e-3)
 
 
@@ -102,7 +102,7 @@ def test_stale_cache_is_not_used_after_the_teacher_changes(tmp_path):
 def test_view_1_is_the_teacher_on_the_mirrored_image(tmp_path):
     data, t = tiny_set(), teacher()
     out = cached_teacher_outputs(t, data, 2, 0, tmp_path / "a", batch_size=64)[0].dense()
-    mirrored = ImageSet(data.images.flip(-1), data.labels, data.ids, data.class_names)
+    mirrored = ImageSet(data.images.tensor().flip(-1), data.labels, data.ids, data.class_names)
     direct = cached_teacher_outputs(t, mirrored, 1, 0, tmp_path / "b", batch_size=64)[0].dense()
     assert torch.allclose(out[:, 1], direct[:, 0], atol=1e-2)
     assert F.mse_loss(out[:, 0], out[:, 1]) > 0

@@ -10,7 +10,7 @@ from taskdistill.errors import DataError
 
 def test_folder_dataset_loads_classes_sorted_and_resized(shapes_dataset):
     train, test = shapes_dataset
-    data = load_dataset("folder", str(train), str(test), load_size=24)
+    data = load_dataset("folder", str(train), str(test), policy=24)
     assert data.class_names == ["bars", "circle", "cross"]
     assert data.train.images.shape == (90, 3, 24, 24) and data.train.images.dtype == torch.uint8
     assert torch.bincount(data.train.labels).tolist() == [30, 30, 30]
@@ -22,7 +22,7 @@ def test_csv_manifest_with_relative_paths(shapes_dataset, tmp_path):
     for split, root in (("train", train), ("test", test)):
         lines = ["path,label"] + [f"{p.relative_to(tmp_path)},{p.parent.name}" for p in sorted(root.rglob("*.png"))]
         (tmp_path / f"{split}.csv").write_text("\n".join(lines) + "\n")
-    data = load_dataset("csv", str(tmp_path / "train.csv"), str(tmp_path / "test.csv"), load_size=16)
+    data = load_dataset("csv", str(tmp_path / "train.csv"), str(tmp_path / "test.csv"), policy=16)
     assert data.class_names == ["bars", "circle", "cross"] and len(data.train) == 90
 
 
@@ -35,9 +35,9 @@ def test_truncated_image_fails_naming_the_file_or_is_skipped_and_counted(shapes_
     train, test = shapes_dataset
     bad = train / "circle" / "003.png"
     truncate(bad)
-    with pytest.raises(DataError, match=r"003\.png.*--on-bad-image skip"):
-        load_dataset("folder", str(train), str(test), load_size=16)
-    data = load_dataset("folder", str(train), str(test), load_size=16, on_bad_image="skip")
+    with pytest.raises(DataError, match=r"(?s)003\.png.*--on-bad-image skip"):
+        load_dataset("folder", str(train), str(test), policy=16)
+    data = load_dataset("folder", str(train), str(test), policy=16, on_bad_image="skip")
     assert data.train.skipped == [str(bad)]
     assert len(data.train) == 89
 
@@ -46,18 +46,18 @@ def test_unreadable_non_image_file(shapes_dataset):
     train, test = shapes_dataset
     (train / "bars" / "notes.png").write_text("this is not a picture")
     with pytest.raises(DataError, match=r"notes\.png"):
-        load_dataset("folder", str(train), str(test), load_size=16)
+        load_dataset("folder", str(train), str(test), policy=16)
 
 
 def test_empty_class_folder_and_missing_paths(shapes_dataset, tmp_path):
     train, test = shapes_dataset
     (train / "empty").mkdir()
     with pytest.raises(DataError, match=r"class folder '.*empty' holds no images"):
-        load_dataset("folder", str(train), str(test), load_size=16)
+        load_dataset("folder", str(train), str(test), policy=16)
     with pytest.raises(DataError, match="does not exist"):
-        load_dataset("folder", str(tmp_path / "nowhere"), str(test), load_size=16)
+        load_dataset("folder", str(tmp_path / "nowhere"), str(test), policy=16)
     with pytest.raises(DataError, match="needs a test split"):
-        load_dataset("folder", str(test), None, load_size=16)
+        load_dataset("folder", str(test), None, policy=16)
 
 
 def test_test_split_with_unknown_class(shapes_dataset):
@@ -65,7 +65,7 @@ def test_test_split_with_unknown_class(shapes_dataset):
     (test / "star").mkdir()
     Image.new("RGB", (8, 8)).save(test / "star" / "0.png")
     with pytest.raises(DataError, match=r"classes not in the training data: \['star'\]"):
-        load_dataset("folder", str(train), str(test), load_size=16)
+        load_dataset("folder", str(train), str(test), policy=16)
 
 
 def test_unknown_dataset_suggests():

@@ -57,7 +57,7 @@ def kl(p_logits_or_probs: torch.Tensor, q_logits: torch.Tensor, t: float, probs:
 def test_proxy_student_task_logits_are_the_students_own_and_the_head_is_separate(kind: str):
     model = student(kind).eval()
     wrapper = ProxyStudent(model, NUM_SOURCE).eval()
-    x = model_input(transfer(4).images, model.preprocess)
+    x = model_input(transfer(4).images.tensor(), model.preprocess)
     out = wrapper(x)
     assert out["proxy_logits"].shape == (4, NUM_SOURCE)
     assert torch.allclose(out["task_logits"], model(x), atol=1e-5)
@@ -162,7 +162,7 @@ def test_proxy_outputs_go_through_the_shared_cache_top_k_compressed(tmp_path):
     tgt, _ = cached_teacher_outputs(model, data, 2, 0, tmp_path, batch_size=4, kind="target_logits")
     views = replay_views(torch.arange(6), torch.ones(6, dtype=torch.long), 0)
     with torch.no_grad():
-        direct = model(data.images, views)
+        direct = model(data.images.tensor(), views)
     assert torch.allclose(tgt.dense()[:, 1], direct["target_logits"].half().float(), atol=1e-2)
     assert torch.allclose(direct["target_logits"], direct["source_logits"][:, [5, 900, 17]])
     again, hit = cached_teacher_outputs(model, data, 2, 0, tmp_path, batch_size=4, kind="target_logits")
@@ -174,4 +174,4 @@ def test_proxy_outputs_go_through_the_shared_cache_top_k_compressed(tmp_path):
         model.prompt.top.add_(0.1)
     assert cache_key(model, data, 2, 0, "target_logits") != key
     with pytest.raises(ValueError, match="source_logits"):
-        model.cache_outputs(data.images, None, "logits")
+        model.cache_outputs(data.images.tensor(), None, "logits")

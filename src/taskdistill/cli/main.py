@@ -15,13 +15,23 @@ DISTRIBUTED_VERBS = ("run", "teacher-finetune", "distill", "finetune", "evaluate
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from taskdistill.cli import config_cmd, models_cmd, pool_cmd, predict_cmd, run_cmd, stage_cmds, sweep_cmd
+    from taskdistill.cli import (
+        cache_cmd,
+        config_cmd,
+        models_cmd,
+        pool_cmd,
+        predict_cmd,
+        prepare_cmd,
+        run_cmd,
+        stage_cmds,
+        sweep_cmd,
+    )
 
     parser = argparse.ArgumentParser(prog="taskdistill", description=(
         "Turn a large pretrained vision model into a small task-specific one from a few labels."))
     parser.add_argument("--version", action="version", version=f"taskdistill {__version__}")
     sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
-    for module in (run_cmd, stage_cmds, sweep_cmd, predict_cmd, models_cmd, config_cmd, pool_cmd):
+    for module in (run_cmd, prepare_cmd, stage_cmds, sweep_cmd, predict_cmd, models_cmd, config_cmd, pool_cmd, cache_cmd):
         module.register(sub)
     return parser
 

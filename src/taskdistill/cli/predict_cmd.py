@@ -28,8 +28,9 @@ def predict(args: argparse.Namespace) -> int:
 
     import torch
 
+    from taskdistill.data.decode import DECODE_ERRORS, DecodePolicy
     from taskdistill.data.sources import decode_image
-    from taskdistill.engine.checkpoint import load_checkpoint
+    from taskdistill.engine.checkpoint import decode_policy_of, load_checkpoint
     from taskdistill.engine.device import set_threads
     from taskdistill.engine.evaluate import predict_logits
     from taskdistill.errors import DataError
@@ -39,15 +40,16 @@ def predict(args: argparse.Namespace) -> int:
     names = meta["class_names"]
     if meta.get("task") == "segmentation":
         return _predict_masks(args, model, meta)
-    size = meta["preprocess"]["input_size"]
+    # the checkpoint's own decode policy: a new image goes through the same pixels path as the training images
+    policy = decode_policy_of(meta) or DecodePolicy(int(meta["preprocess"]["input_size"]))
     images = []
     for f in args.images:
         path = Path(f)
         if not path.is_file():
             raise DataError(f"image file '{path}' does not exist")
         try:
-            images.append(decode_image(path, size))
-        except (OSError, ValueError) as e:
+            images.append(decode_image(path, policy))
+        except DECODE_ERRORS as e:
             raise DataError(f"cannot read image '{path}': {e}") from None
     probs = predict_logits(model, torch.stack(images), progress=False).softmax(1)
     k = min(args.top_k, len(names))

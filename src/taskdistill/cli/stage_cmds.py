@@ -30,7 +30,8 @@ def register(sub: argparse._SubParsersAction) -> None:
             p.add_argument("--student", default=None, help="student checkpoint (default: the run's distilled one)")
         p.set_defaults(func=_stage_verb, stages=stages)
 
-    p = sub.add_parser("evaluate", help="metrics of a checkpoint on the test split of a config's dataset")
+    p = sub.add_parser("evaluate", help="metrics of a checkpoint on the test split of a config's dataset "
+                                        "(no config: the dataset the checkpoint was trained on)")
     p.add_argument("checkpoint", help="checkpoint path (.safetensors or its stem)")
     add_config_args(p)
     p.add_argument("--json", action="store_true", help="print all metrics as JSON")
@@ -58,18 +59,29 @@ def _stage_verb(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from taskdistill.engine.checkpoint import load_checkpoint, read_meta
+    import copy
+
+    from taskdistill.config.load import apply_overrides, from_dict
+    from taskdistill.config.schema import RunConfig
+    from taskdistill.engine.checkpoint import decode_policy_of, load_checkpoint, read_meta
     from taskdistill.engine.device import resolve_device, set_threads
-    from taskdistill.pipelines.prepare import load_task_data
+    from taskdistill.pipelines.prepare import decode_policy_for, load_task_data
     from taskdistill.pipelines.stages import evaluate_model
 
-    cfg = config_from_args(args)
+    meta = read_meta(args.checkpoint)
+    if args.config is None and meta.get("config"):
+        # no config given: the data the checkpoint was trained on (its recorded config), plus --set overrides
+        overrides = list(args.overrides) + ([f"data.on_bad_image={args.on_bad_image}"] if args.on_bad_image else [])
+        cfg = from_dict(RunConfig, apply_overrides(copy.deepcopy(meta["config"]), overrides))
+    else:
+        cfg = config_from_args(args)
     set_threads(cfg.num_threads)
     device = resolve_device(cfg.device)
-    meta = read_meta(args.checkpoint)
     if cfg.task == "segmentation" or meta.get("task") == "segmentation":
         return _evaluate_segmentation(args, cfg, device)
-    data = load_task_data(cfg.data, cfg.data.load_size or meta["preprocess"]["input_size"])
+    # decode test images exactly as the checkpoint's training images were (its recorded policy)
+    policy = decode_policy_of(meta) or decode_policy_for(cfg.data, cfg.data.load_size or meta["preprocess"]["input_size"])
+    data = load_task_data(cfg.data, policy)
     model, _ = load_checkpoint(args.checkpoint, expect_classes=data.class_names)
     metrics = evaluate_model(model.to(device), data.test, device, cfg.eval_batch_size, "evaluate")
     if args.json:

@@ -21,7 +21,16 @@ class DataConfig:
     max_per_class: int | None = None  # at most this many per class (all if the class is smaller)
     label_fraction: float | None = None  # a fraction of each class instead of a count
     val_per_class: int = 0  # carved out of the labeled images, per class
-    load_size: int | None = None  # folder/csv: images are decoded and resized to this square size
+    # Folder / CSV / manifest images are decoded once into an image store (docs/data.md) by this policy:
+    load_size: int | None = None  # square side they are stored at; None: the largest model input size of the run
+    resize: Literal["crop", "squash"] = "crop"  # crop: timm's eval transform (short side to load_size / crop_pct,
+    # centre crop; a square image gives the same pixels as squash at crop_pct 1); squash: stretch to a square
+    crop_pct: float = 1.0  # crop: share of the short side kept (timm's crop_pct; 1.0 keeps the whole short side)
+    interpolation: Literal["bicubic", "bilinear", "lanczos", "nearest", "box", "hamming"] = "bicubic"
+    color: Literal["rgb", "gray"] = "rgb"  # gray stores one channel (a third of the disk), models still see RGB
+    jpeg_draft: bool = True  # JPEGs much larger than load_size decode at 1/2-1/8 scale (libjpeg DCT scaling)
+    store_dir: str | None = None  # where image stores live; None: $TASKDISTILL_CACHE_DIR/stores or ~/.cache/taskdistill/stores
+    decode_workers: int | None = None  # processes that decode a new store; None: every usable core
     on_bad_image: OnBadImage = "fail"
     download: bool = False  # fashion-mnist: fetch the IDX files with torchvision when online
     split_seed: int | None = None  # seed of the labeled split; None: the run seed

@@ -218,7 +218,7 @@ def load_fashion_composite(spec: CompositeSpec, root: str | None = None,
     for code, (split, source, count) in enumerate((("train", fm.train, spec.train_images),
                                                     ("test", fm.test, spec.test_images))):
         rng = np.random.default_rng([spec.seed, code])
-        images, masks = draw_canvases(source.images[:, 0].numpy(), source.labels.numpy(), count, spec, rng)
+        images, masks = draw_canvases(source.images.tensor()[:, 0].numpy(), source.labels.numpy(), count, spec, rng)
         ids = [f"fashion-composite/{spec.seed}/{split}/{i}" for i in range(count)]
         splits.append(SegmentationSet(images, masks, ids, names, IGNORE_INDEX))
     data = SegTaskData(train=splits[0], test=splits[1])

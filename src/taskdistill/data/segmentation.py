@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from taskdistill.data.decode import DecodePolicy
 from taskdistill.data.image_set import UNLABELED, ImageSet
 from taskdistill.data.sources import IMAGE_SUFFIXES, decode_image
 from taskdistill.data.splits import FewShotSplit
@@ -166,7 +167,7 @@ def load_seg_folder(root: str | Path, size: int, ignore_index: int = IGNORE_INDE
     masks = torch.empty((len(files), size, size), dtype=torch.uint8)
     for i, f in enumerate(files):
         try:
-            images[i] = decode_image(f, size)
+            images[i] = decode_image(f, DecodePolicy(size, resize="squash"))  # masks are squashed too
         except (OSError, ValueError, UnidentifiedImageError) as e:
             raise DataError(f"cannot read image '{f}': {e}. Fix or remove it together with its mask.") from None
         masks[i] = read_mask(mask_dir / f"{f.stem}.png", size, len(names), ignore_index)

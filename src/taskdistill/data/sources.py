@@ -3,26 +3,28 @@
 from __future__ import annotations
 
 import csv
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import IO, Literal
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
-from tqdm.auto import tqdm
 
+from taskdistill.data.decode import DecodePolicy, decode_array
 from taskdistill.data.idx import read_idx
 from taskdistill.data.image_set import ImageSet
+from taskdistill.data.locations import IMAGE_SUFFIXES
+from taskdistill.data.stored_sets import StoreOptions, load_image_files
 from taskdistill.errors import DataError
 
 FASHION_MNIST_ROOT = "/usr/share/datasets/fashion-mnist"
 FASHION_MNIST_CLASSES = [
     "t-shirt/top", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "ankle boot",
 ]
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 BUILTINS = ("fashion-mnist",)
+# The built-in's pixels as they ship: 28x28 grayscale. Checkpoints record it, so `predict` decodes a new image
+# the same way (28 px, one channel) before resizing it to the model's input.
+FASHION_MNIST_POLICY = DecodePolicy(size=28, resize="squash", color="gray", jpeg_draft=False)
 
 
 @dataclass
@@ -31,6 +33,7 @@ class TaskData:
 
     train: ImageSet
     test: ImageSet
+    policy: DecodePolicy | None = None  # how files became these pixels
 
     @property
     def class_names(self) -> list[str]:
@@ -69,51 +72,16 @@ def load_fashion_mnist(root: str | None = None, download: bool = False) -> TaskD
             labels=torch.from_numpy(labels.astype(np.int64)),
             ids=[f"fashion-mnist/{split}/{i}" for i in range(len(labels))],
             class_names=list(FASHION_MNIST_CLASSES),
+            policy=FASHION_MNIST_POLICY,
         )
-    return TaskData(train=splits["train"], test=splits["test"])
+    return TaskData(train=splits["train"], test=splits["test"], policy=FASHION_MNIST_POLICY)
 
 
-def decode_image(path: Path, size: int) -> torch.Tensor:
-    """Decode an image file to uint8 `[3, size, size]` (RGB, squashed to a square). Raises OSError/ValueError."""
-    with Image.open(path) as im:
-        im.load()
-        if im.mode in ("RGBA", "LA", "P"):
-            rgba = im.convert("RGBA")
-            bg = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-            im = Image.alpha_composite(bg, rgba)
-        rgb = im.convert("RGB").resize((size, size), Image.Resampling.BICUBIC)
-    return torch.from_numpy(np.asarray(rgb).copy()).permute(2, 0, 1).contiguous()
-
-
-def decode_images(
-    paths: Sequence[Path], labels: Sequence[int], class_names: list[str], size: int,
-    on_bad_image: Literal["fail", "skip"], ids: Sequence[str], desc: str,
-) -> ImageSet:
-    """Decode files into an ImageSet; a bad file fails naming it, or is skipped and listed in `skipped`."""
-    out = torch.empty((len(paths), 3, size, size), dtype=torch.uint8)
-    keep: list[int] = []
-    skipped: list[str] = []
-    for i, path in enumerate(tqdm(paths, desc=desc, unit="img", leave=False, disable=None if len(paths) >= 500 else True)):
-        try:
-            out[i] = decode_image(path, size)
-            keep.append(i)
-        except (OSError, ValueError, UnidentifiedImageError, Image.DecompressionBombError) as e:
-            if on_bad_image == "fail":
-                raise DataError(
-                    f"cannot read image '{path}': {e}. Fix or remove the file, or pass --on-bad-image skip "
-                    f"(--set data.on_bad_image=skip) to leave unreadable images out."
-                ) from None
-            skipped.append(str(path))
-    if not keep:
-        raise DataError(f"no readable images in {desc} ({len(skipped)} unreadable)")
-    idx = torch.tensor(keep, dtype=torch.long)
-    return ImageSet(
-        images=out[idx] if len(keep) < len(paths) else out,
-        labels=torch.tensor([labels[i] for i in keep], dtype=torch.long),
-        ids=[ids[i] for i in keep],
-        class_names=class_names,
-        skipped=skipped,
-    )
+def decode_image(source: str | Path | IO[bytes], policy: DecodePolicy | int) -> torch.Tensor:
+    """Decode one image file to uint8 `[C, S, S]` by `policy` (an int: the default policy at that size).
+    Raises one of `DECODE_ERRORS` for an unreadable file."""
+    pol = policy if isinstance(policy, DecodePolicy) else DecodePolicy(int(policy))
+    return torch.from_numpy(decode_array(source, pol))
 
 
 def _scan_folder(root: Path) -> tuple[list[Path], list[str], list[str]]:
@@ -168,12 +136,14 @@ def _label_ids(names: list[str], class_names: list[str], where: Path) -> list[in
 
 
 def load_files(
-    kind: Literal["folder", "csv"], root: str, test_root: str | None, size: int,
-    on_bad_image: Literal["fail", "skip"] = "fail",
+    kind: Literal["folder", "csv"], root: str, test_root: str | None, policy: DecodePolicy | int,
+    on_bad_image: Literal["fail", "skip"] = "fail", store: StoreOptions | None = None,
 ) -> TaskData:
-    """A folder of class subfolders or a CSV manifest, for train and test; images `[N, 3, size, size]`."""
+    """A folder of class subfolders or a CSV manifest, for train and test, each decoded once into an image
+    store (`store`) by `policy`; images `[N, C, S, S]` gathered from it."""
     if test_root is None:
         raise DataError(f"dataset '{kind}' needs a test split: set data.test_root to a {kind} like data.root")
+    pol = policy if isinstance(policy, DecodePolicy) else DecodePolicy(int(policy))
     sets = []
     class_names: list[str] = []
     for split, where in (("train", Path(root)), ("test", Path(test_root))):
@@ -186,13 +156,14 @@ def load_files(
             class_names = found
         labels = _label_ids(names, class_names, where)
         ids = [str(p) for p in paths]
-        sets.append(decode_images(paths, labels, class_names, size, on_bad_image, ids, desc=f"decode {split}"))
-    return TaskData(train=sets[0], test=sets[1])
+        sets.append(load_image_files(ids, labels, ids, class_names, pol, on_bad_image, store or StoreOptions(),
+                                     f"{split} {kind} {where.resolve()}"))
+    return TaskData(train=sets[0], test=sets[1], policy=pol)
 
 
 def load_dataset(
-    dataset: str, root: str | None = None, test_root: str | None = None, load_size: int = 224,
-    on_bad_image: Literal["fail", "skip"] = "fail", download: bool = False,
+    dataset: str, root: str | None = None, test_root: str | None = None, policy: DecodePolicy | int = 224,
+    on_bad_image: Literal["fail", "skip"] = "fail", download: bool = False, store: StoreOptions | None = None,
 ) -> TaskData:
     """Dispatch on the dataset spec name: a built-in name, "folder" or "csv"."""
     if dataset == "fashion-mnist":
@@ -200,7 +171,7 @@ def load_dataset(
     if dataset in ("folder", "csv"):
         if root is None:
             raise DataError(f"dataset '{dataset}' needs data.root (the training {dataset}) and data.test_root")
-        return load_files(dataset, root, test_root, load_size, on_bad_image)
+        return load_files(dataset, root, test_root, policy, on_bad_image, store)  # type: ignore[arg-type]
     import difflib
 
     close = difflib.get_close_matches(dataset, [*BUILTINS, "folder", "csv"], n=1)

@@ -23,6 +23,7 @@ fly on each batch (`tasks.online_distill`): one teacher forward per student imag
 from __future__ import annotations
 
 import hashlib
+import io
 import itertools
 import tarfile
 from collections.abc import Iterator
@@ -35,10 +36,11 @@ import torch
 from fsspec.core import url_to_fs
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from taskdistill.data.sources import IMAGE_SUFFIXES
+from taskdistill.data.decode import DECODE_ERRORS
+from taskdistill.data.locations import IMAGE_SUFFIXES
+from taskdistill.data.sources import decode_image
 from taskdistill.engine.batches import Batch, part_start
 from taskdistill.errors import ConfigError, DataError
-from taskdistill.retrieval.pool import DECODE_ERRORS, decode_bytes
 
 WDS_PREFIX = "wds:"
 _IMAGE_EXTS = {s.lstrip(".") for s in IMAGE_SUFFIXES}
@@ -198,7 +200,7 @@ class ShardStream:
             try:
                 if data is None:
                     raise ValueError("no image member (.png, .jpg, ...)")
-                item = (sample_index(url, key), decode_bytes(data, self.load_size))
+                item = (sample_index(url, key), decode_image(io.BytesIO(data), self.load_size))
             except DECODE_ERRORS as e:
                 if self.on_bad_image == "fail":
                     raise DataError(f"cannot read sample '{key}' of shard '{url}': {e}. Fix the shard, or pass "

@@ -10,6 +10,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from taskdistill.data.decode import DecodePolicy
 from taskdistill.engine import distributed
 from taskdistill.engine.atomic import atomic_path, write_json
 from taskdistill.errors import CheckpointError
@@ -26,8 +27,12 @@ def _stem(path: str | Path) -> Path:
 
 
 def save_checkpoint(path: str | Path, model: nn.Module, class_names: list[str], stage: str,
-                    config: dict[str, Any] | None = None, extra: dict[str, Any] | None = None) -> Path:
+                    config: dict[str, Any] | None = None, extra: dict[str, Any] | None = None,
+                    decode: DecodePolicy | None = None) -> Path:
     """Write weights and metadata (model spec, classes, preprocessing, stage, config, version) atomically.
+
+    `decode` is how the training images were decoded from files (`meta["decode"]`): with the model's
+    `preprocess` it is the whole input pipeline, which `evaluate` and `predict` replay for new images.
 
     Returns the `.safetensors` path. The JSON is written last, so a checkpoint with a JSON is complete.
     Under a process group only rank 0 writes (every rank holds the same model) and every rank returns once
@@ -35,6 +40,7 @@ def save_checkpoint(path: str | Path, model: nn.Module, class_names: list[str], 
     """
     stem = _stem(path)
     weights = stem.with_suffix(".safetensors")
+    extra = {**(extra or {}), **({"decode": decode.to_dict()} if decode is not None else {})}
     distributed.on_main(lambda: _write_checkpoint(stem, model, class_names, stage, config, extra))
     distributed.check_visible(stem.with_suffix(".json"), "checkpoint")
     return weights
@@ -57,6 +63,11 @@ def _write_checkpoint(stem: Path, model: nn.Module, class_names: list[str], stag
     with atomic_path(stem.with_suffix(".safetensors")) as tmp:
         save_file(state, str(tmp), metadata={"format": FORMAT, "model": spec.name})
     write_json(stem.with_suffix(".json"), meta)
+
+
+def decode_policy_of(meta: dict[str, Any]) -> DecodePolicy | None:
+    """The decode policy a checkpoint's training images were made with (None for older checkpoints)."""
+    return DecodePolicy.from_dict(meta["decode"]) if meta.get("decode") else None
 
 
 def read_meta(path: str | Path) -> dict[str, Any]:

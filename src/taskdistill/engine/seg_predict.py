@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 from torch import nn
 
+from taskdistill.data.decode import DecodePolicy
 from taskdistill.data.segmentation import mask_image, palette
 from taskdistill.data.sources import decode_image
 from taskdistill.engine.atomic import atomic_path
@@ -50,7 +51,7 @@ def predict_mask_files(model: nn.Module, files: Sequence[str | Path], class_name
         if not path.is_file():
             raise DataError(f"image file '{path}' does not exist")
         try:
-            x = decode_image(path, size)
+            x = decode_image(path, DecodePolicy(size, resize="squash"))  # as segmentation data is loaded
             original = _open_rgb(path)
         except (OSError, ValueError) as e:
             raise DataError(f"cannot read image '{path}': {e}") from None

@@ -77,6 +77,7 @@ class MethodCell(Protocol):
     """
 
     cfg: RunConfig
+    data: Any  # PreparedData or PreparedSegData: the cell's sets, class names and decode `policy`
 
     def student(self, pretrained: bool = False) -> nn.Module: ...
 
@@ -106,7 +107,7 @@ def load_or_train_teacher(cell: MethodCell, stem: Path, class_names: list[str], 
     info = cell.train_teacher(teacher, cell.cfg.teacher)
     info["seconds"] = round(time.perf_counter() - start, 2)
     save_checkpoint(stem, teacher, class_names, stage="teacher", config=to_dict(cell.cfg),
-                    extra={"train_info": info, **(extra or {})})
+                    extra={"train_info": info, **(extra or {})}, decode=cell.data.policy)
     return teacher, info
 
 

@@ -9,11 +9,13 @@ from typing import TYPE_CHECKING
 import torch
 
 from taskdistill.config.schema import DataConfig, RunConfig, TransferConfig
+from taskdistill.data.decode import DecodePolicy
 from taskdistill.data.image_set import UNLABELED, ImageSet
-from taskdistill.data.sources import TaskData, decode_images, load_dataset
+from taskdistill.data.sources import TaskData, load_dataset
 from taskdistill.data.splits import FewShotSplit, few_shot_split
+from taskdistill.data.stored_sets import StoreOptions, load_image_files
 from taskdistill.engine import distributed
-from taskdistill.errors import DataError
+from taskdistill.errors import ConfigError, DataError
 
 if TYPE_CHECKING:
     from taskdistill.data.streaming import ShardStream
@@ -29,6 +31,7 @@ class PreparedData:
     transfer: ImageSet | ShardStream
     test: ImageSet
     split: FewShotSplit
+    policy: DecodePolicy | None = None  # how the task's files became pixels (recorded in every checkpoint)
 
     @property
     def class_names(self) -> list[str]:
@@ -48,11 +51,29 @@ def load_size_for(cfg: RunConfig) -> int:
     return max(sizes) if sizes else 224
 
 
-def load_task_data(data: DataConfig, load_size: int) -> TaskData:
-    return load_dataset(data.dataset, data.root, data.test_root, load_size, data.on_bad_image, data.download)
+def decode_policy_for(data: DataConfig, size: int) -> DecodePolicy:
+    """The decode policy of `data.*` at `size`; a bad value is a ConfigError naming the key."""
+    try:
+        return DecodePolicy(size=int(size), resize=data.resize, crop_pct=float(data.crop_pct),
+                            interpolation=data.interpolation, color=data.color, jpeg_draft=bool(data.jpeg_draft))
+    except ValueError as e:
+        raise ConfigError(f"{e} (data.load_size / data.resize / data.crop_pct / data.interpolation / data.color)") from None
 
 
-def _transfer_from_manifest(path: str, class_names: list[str], load_size: int, on_bad_image: str) -> ImageSet:
+def store_options(data: DataConfig, progress: bool = True) -> StoreOptions:
+    if data.decode_workers is not None and data.decode_workers < 1:
+        raise ConfigError(f"data.decode_workers must be >= 1 or null (every usable core), got {data.decode_workers}")
+    return StoreOptions(Path(data.store_dir) if data.store_dir else None, data.decode_workers, progress)
+
+
+def load_task_data(data: DataConfig, policy: DecodePolicy | int) -> TaskData:
+    pol = policy if isinstance(policy, DecodePolicy) else decode_policy_for(data, policy)
+    return load_dataset(data.dataset, data.root, data.test_root, pol, data.on_bad_image, data.download,
+                        store_options(data))
+
+
+def _transfer_from_manifest(path: str, class_names: list[str], policy: DecodePolicy | int, on_bad_image: str,
+                            store: StoreOptions | None = None) -> ImageSet:
     import csv
 
     manifest = Path(path)
@@ -61,29 +82,29 @@ def _transfer_from_manifest(path: str, class_names: list[str], load_size: int, o
     with manifest.open(newline="") as f:
         rows = list(csv.DictReader(f))
     if rows and "location" in rows[0]:  # a curated manifest (`taskdistill curate`): paths or `shard.tar#key`
-        from taskdistill.retrieval.pool import decode_locations
-
         if any(not (r["location"] or "").strip() for r in rows):
             raise DataError(f"transfer-set manifest '{manifest}' has a row with an empty 'location'")
         locations = [r["location"].strip() for r in rows]
         ids = [(r.get("id") or "").strip() or loc for r, loc in zip(rows, locations, strict=True)]
-        return decode_locations(locations, ids, class_names, load_size, on_bad_image,  # type: ignore[arg-type]
-                                base=manifest.parent)
-    if not rows or "path" not in rows[0]:
+    elif not rows or "path" not in rows[0]:
         raise DataError(f"transfer-set manifest '{manifest}' needs a 'path' (or 'location') column and at least one row")
-    paths = [Path(r["path"]) if Path(r["path"]).is_absolute() else manifest.parent / r["path"] for r in rows]
-    return decode_images(paths, [UNLABELED] * len(paths), class_names, load_size, on_bad_image,  # type: ignore[arg-type]
-                         [str(p) for p in paths], desc="decode transfer set")
+    else:
+        paths = [Path(r["path"]) if Path(r["path"]).is_absolute() else manifest.parent / r["path"] for r in rows]
+        locations = ids = [str(p) for p in paths]  # already joined to the manifest's folder
+    base = manifest.parent if rows and "location" in rows[0] else None
+    pol = policy if isinstance(policy, DecodePolicy) else DecodePolicy(int(policy))
+    return load_image_files(locations, [UNLABELED] * len(locations), ids, class_names, pol, on_bad_image,  # type: ignore[arg-type]
+                            store or StoreOptions(), f"transfer set {manifest}", base=base)
 
 
-def build_transfer_set(task: TaskData, split: FewShotSplit, cfg: TransferConfig, seed: int, load_size: int,
-                       on_bad_image: str, keep_labels: bool = False) -> ImageSet:
+def build_transfer_set(task: TaskData, split: FewShotSplit, cfg: TransferConfig, seed: int, policy: DecodePolicy,
+                       on_bad_image: str, keep_labels: bool = False, store: StoreOptions | None = None) -> ImageSet:
     """The unlabeled images to distill over: the task's training images minus the labeled ones (default), or a
     manifest of image paths; capped at `max_images` by a seeded random choice."""
     if cfg.source == "unlabeled":
         pool = task.train.subset(split.unlabeled, drop_labels=not keep_labels)  # labels: benchmarks only
     else:
-        pool = _transfer_from_manifest(cfg.source, task.class_names, load_size, on_bad_image)
+        pool = _transfer_from_manifest(cfg.source, task.class_names, policy, on_bad_image, store or StoreOptions())
     if len(pool) == 0:
         raise DataError("the transfer set is empty: every training image is labeled. Give distill.transfer.source")
     if cfg.max_images is not None and len(pool) > cfg.max_images:
@@ -110,19 +131,23 @@ def stream_transfer_set(cfg: TransferConfig, seed: int, load_size: int, on_bad_i
 def prepare_data(cfg: RunConfig) -> PreparedData:
     """Everything data-related a run needs, validated before any run folder is written."""
     size = load_size_for(cfg)
-    task = load_task_data(cfg.data, size)
     d = cfg.data
+    policy = decode_policy_for(d, size)
+    store = store_options(d)
+    task = load_task_data(d, policy)
     split_seed = cfg.seed if d.split_seed is None else d.split_seed
     split = few_shot_split(task.train.labels, task.class_names, split_seed, d.labels_per_class, d.max_per_class,
                            d.label_fraction, d.val_per_class)
     if cfg.distill.transfer.source.startswith("wds:"):
         transfer: ImageSet | ShardStream = stream_transfer_set(cfg.distill.transfer, cfg.seed, size, d.on_bad_image)
     else:
-        transfer = build_transfer_set(task, split, cfg.distill.transfer, split_seed, size, d.on_bad_image)
+        transfer = build_transfer_set(task, split, cfg.distill.transfer, split_seed, policy, d.on_bad_image,
+                                      store=store)
     return PreparedData(
         labeled=task.train.subset(split.labeled),
         val=task.train.subset(split.val) if len(split.val) else None,
         transfer=transfer,
         test=task.test,
         split=split,
+        policy=task.policy,
     )

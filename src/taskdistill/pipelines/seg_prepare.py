@@ -8,12 +8,13 @@ from pathlib import Path
 
 from taskdistill.config.schema import RunConfig
 from taskdistill.data.composite import CompositeSpec, load_fashion_composite
+from taskdistill.data.decode import DecodePolicy
 from taskdistill.data.image_set import ImageSet
 from taskdistill.data.segmentation import SegmentationSet, SegTaskData, few_shot_images, load_seg_folders
 from taskdistill.data.sources import TaskData
 from taskdistill.data.splits import FewShotSplit
 from taskdistill.errors import DataError
-from taskdistill.pipelines.prepare import build_transfer_set, load_size_for
+from taskdistill.pipelines.prepare import build_transfer_set, decode_policy_for, load_size_for, store_options
 
 SEG_DATASETS = ("fashion-composite", "seg-folder")
 
@@ -27,6 +28,7 @@ class PreparedSegData:
     transfer: ImageSet
     test: SegmentationSet
     split: FewShotSplit
+    policy: DecodePolicy | None = None  # segmentation images are squashed with their masks (not recorded yet)
 
     @property
     def class_names(self) -> list[str]:
@@ -64,7 +66,8 @@ def prepare_seg_data(cfg: RunConfig, task: SegTaskData | None = None) -> Prepare
     split_seed = cfg.seed if d.split_seed is None else d.split_seed
     split = few_shot_images(len(task.train), s.labeled_images, split_seed, s.val_images)
     pool = TaskData(train=task.train.unlabeled(), test=task.test.unlabeled())
-    transfer = build_transfer_set(pool, split, cfg.distill.transfer, split_seed, load_size_for(cfg), d.on_bad_image)
+    transfer = build_transfer_set(pool, split, cfg.distill.transfer, split_seed,
+                                  decode_policy_for(d, load_size_for(cfg)), d.on_bad_image, store=store_options(d))
     return PreparedSegData(
         labeled=task.train.subset(split.labeled),
         val=task.train.subset(split.val) if len(split.val) else None,

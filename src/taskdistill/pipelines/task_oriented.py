@@ -65,7 +65,7 @@ class _Runner:
         info = train()
         info["seconds_total"] = round(time.perf_counter() - start, 2)
         save_checkpoint(ckpt, model, self.data.class_names, stage=name, config=to_dict(self.cfg),
-                        extra=self.checkpoint_extra())
+                        extra=self.checkpoint_extra(), decode=self.data.policy)
         info["test"] = self.evaluate(model, self.data.test, f"evaluate {name}")
         if self.data.val is not None:
             info["val"] = self.evaluate(model, self.data.val, f"val {name}")

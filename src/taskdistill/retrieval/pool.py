@@ -15,26 +15,29 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
-import json
-import os
-import tarfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
-from typing import BinaryIO, Literal
+from typing import Literal
 
 import torch
-from PIL import Image, UnidentifiedImageError
 
-from taskdistill.data.image_set import UNLABELED, ImageSet
-from taskdistill.data.sources import IMAGE_SUFFIXES, decode_image
+from taskdistill.data.decode import DECODE_ERRORS as _DECODE_ERRORS
+from taskdistill.data.decode import DecodePolicy
+from taskdistill.data.locations import (  # noqa: F401 - parse_location, split_key: part of this module's API
+    IMAGE_SUFFIXES,
+    UNKNOWN_SOURCE,
+    LocationReader,
+    parse_location,
+    shard_members,
+    split_key,
+)
+from taskdistill.data.sources import decode_image
 from taskdistill.errors import DataError
 
 PoolKind = Literal["folder", "csv", "shards"]
 UNSORTED = "unsorted"
-UNKNOWN_SOURCE = "unknown"
-DECODE_ERRORS = (OSError, ValueError, UnidentifiedImageError, Image.DecompressionBombError, KeyError)
+DECODE_ERRORS = (*_DECODE_ERRORS, KeyError)
 
 
 @dataclass(frozen=True)
@@ -57,97 +60,22 @@ class PoolBatch:
     ok: list[bool]
 
 
-def split_key(member_name: str) -> tuple[str, str]:
-    """`dir/000123.png` -> (`dir/000123`, `png`): webdataset's rule, the key ends at the basename's first dot."""
-    folder, fname = os.path.split(member_name)
-    stem, _, ext = fname.partition(".")
-    return (f"{folder}/{stem}" if folder else stem), ext.lower()
-
-
-def parse_location(location: str, base: Path | None = None) -> tuple[Path, str | None]:
-    """`/a/b.png` -> (path, None); `/a/shard.tar#key` -> (shard path, key). Relative paths join `base`."""
-    path_text, key = location, None
-    if "#" in location:
-        head, _, tail = location.rpartition("#")
-        if head.endswith(".tar"):
-            path_text, key = head, tail
-    p = Path(path_text)
-    if not p.is_absolute() and base is not None:
-        p = base / p
-    return p, key
-
-
-@dataclass(frozen=True)
-class _Member:
-    offset: int
-    size: int
-
-
-@lru_cache(maxsize=64)
-def _scan_shard(path: str, mtime_ns: int) -> tuple[dict[str, _Member], dict[str, str]]:
-    """Image members by key (first image member of a key wins) and each key's source, in tar order."""
-    images: dict[str, _Member] = {}
-    sources: dict[str, str] = {}
-    try:
-        with tarfile.open(path, "r:") as tar:
-            for info in tar:
-                if not info.isfile():
-                    continue
-                key, ext = split_key(info.name)
-                if f".{ext}" in IMAGE_SUFFIXES:
-                    images.setdefault(key, _Member(info.offset_data, info.size))
-                elif ext == "json":
-                    f = tar.extractfile(info)
-                    try:
-                        meta = json.loads(f.read()) if f is not None else {}
-                    except ValueError:
-                        meta = {}
-                    sources[key] = str(meta.get("source", UNKNOWN_SOURCE)) if isinstance(meta, dict) else UNKNOWN_SOURCE
-    except (OSError, tarfile.TarError) as e:
-        raise DataError(f"cannot read tar shard '{path}': {e}. Rebuild or remove the shard.") from None
-    return images, sources
-
-
-def shard_members(path: Path) -> tuple[dict[str, _Member], dict[str, str]]:
-    """(image member by key, source by key) of one tar shard; cached while the file is unchanged."""
-    try:
-        mtime = path.stat().st_mtime_ns
-    except OSError:
-        raise DataError(f"tar shard '{path}' does not exist") from None
-    return _scan_shard(str(path), mtime)
-
-
-def _read_member(f: BinaryIO, m: _Member) -> bytes:
-    f.seek(m.offset)
-    return f.read(m.size)
-
-
-def decode_bytes(data: bytes, size: int) -> torch.Tensor:
-    """Encoded image bytes -> uint8 `[3, size, size]`, decoded exactly like a task image file."""
-    return decode_image(io.BytesIO(data), size)  # type: ignore[arg-type]  # PIL opens file objects too
+def decode_bytes(data: bytes, policy: DecodePolicy | int) -> torch.Tensor:
+    """Encoded image bytes -> uint8 `[C, S, S]`, decoded exactly like a task image file."""
+    return decode_image(io.BytesIO(data), policy)
 
 
 class _Reader:
     """Decodes locations, keeping tar shards open across calls (close it when done)."""
 
     def __init__(self) -> None:
-        self._open: dict[Path, BinaryIO] = {}
+        self._reader = LocationReader()
 
-    def read(self, location: str, size: int, base: Path | None = None) -> torch.Tensor:
-        path, key = parse_location(location, base)
-        if key is None:
-            return decode_image(path, size)
-        members, _ = shard_members(path)
-        if key not in members:
-            raise KeyError(f"no image with key '{key}' in '{path}'")
-        if path not in self._open:
-            self._open[path] = open(path, "rb")  # noqa: SIM115 - closed in close()
-        return decode_bytes(_read_member(self._open[path], members[key]), size)
+    def read(self, location: str, policy: DecodePolicy | int, base: Path | None = None) -> torch.Tensor:
+        return decode_bytes(self._reader.read_bytes(location, base), policy)
 
     def close(self) -> None:
-        for f in self._open.values():
-            f.close()
-        self._open.clear()
+        self._reader.close()
 
 
 class ImagePool:
@@ -263,34 +191,3 @@ def open_pool(path: str | Path) -> ImagePool:
             raise DataError(f"pool folder '{p}' holds no *.tar shards and no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
         return ImagePool(p, "folder", entries)
     raise DataError(f"image pool '{p}' is neither a folder, a .csv manifest (path[,source]) nor a .tar shard")
-
-
-def decode_locations(locations: Sequence[str], ids: Sequence[str], class_names: list[str], size: int,
-                     on_bad_image: Literal["fail", "skip"], base: Path | None = None,
-                     desc: str = "decode transfer set") -> ImageSet:
-    """An unlabeled ImageSet `[N, 3, size, size]` from locations (paths or `shard.tar#key`, relative to `base`)."""
-    from tqdm.auto import tqdm
-
-    out = torch.empty((len(locations), 3, size, size), dtype=torch.uint8)
-    keep: list[int] = []
-    skipped: list[str] = []
-    reader = _Reader()
-    try:
-        for i, loc in enumerate(tqdm(locations, desc=desc, unit="img", leave=False,
-                                     disable=None if len(locations) >= 500 else True)):
-            try:
-                out[i] = reader.read(loc, size, base)
-                keep.append(i)
-            except (*DECODE_ERRORS, DataError) as e:
-                if on_bad_image == "fail":
-                    raise DataError(f"cannot read image '{loc}': {e}. Fix or remove it, or pass --on-bad-image skip "
-                                    f"(--set data.on_bad_image=skip) to leave unreadable images out.") from None
-                skipped.append(loc)
-    finally:
-        reader.close()
-    if not keep:
-        raise DataError(f"no readable images in {desc} ({len(skipped)} unreadable)")
-    idx = torch.tensor(keep, dtype=torch.long)
-    return ImageSet(images=out[idx] if len(keep) < len(locations) else out,
-                    labels=torch.full((len(keep),), UNLABELED, dtype=torch.long),
-                    ids=[ids[i] for i in keep], class_names=class_names, skipped=skipped)
