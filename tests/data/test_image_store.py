@@ -220,3 +220,24 @@ def test_verify_finds_a_changed_byte_and_gray_stores_one_channel(tmp_path):
     assert verify_store(info) == [3]
     meta = json.loads((info.path / "store.json").read_text())
     assert meta["policy"]["color"] == "gray" and meta["num_images"] == 5
+
+
+def test_workers_do_not_rerun_a_script_without_a_main_guard(tmp_path):
+    """Decode workers are fresh interpreters of this package, not multiprocessing children that re-import the
+    caller's script: a script with no `if __name__ == "__main__"` guard builds its store once."""
+    write_images(tmp_path / "img", 300, size=10)
+    script = tmp_path / "script.py"
+    script.write_text(textwrap.dedent(f"""
+        from pathlib import Path
+        from taskdistill.data.decode import DecodePolicy
+        from taskdistill.data.image_store import open_store, stat_sources
+        print("SCRIPT RAN", flush=True)
+        paths = sorted(str(p) for p in Path({str(tmp_path / "img")!r}).glob("*.png"))
+        info = open_store(stat_sources(paths), DecodePolicy(8), Path({str(tmp_path / "stores")!r}), workers=2,
+                          progress=False)
+        print("WORKERS", info.workers, len(info.bad))
+    """))
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    proc = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.count("SCRIPT RAN") == 1 and "WORKERS 2 0" in proc.stdout

@@ -92,3 +92,47 @@ def test_validation_split_is_carved_from_the_labels_and_evaluated(shapes_dataset
     assert metrics["data"]["labeled"] == 9 and metrics["data"]["val"] == 3
     assert metrics["stages"]["student"]["val"]["num_images"] == 3
     assert "scratch" not in metrics["stages"]
+
+
+def test_evaluate_and_predict_replay_the_checkpoints_decode_policy(tmp_path, capsys):
+    """Non-square images larger than the student's input: the run decodes them once at the teacher's size
+    (crop policy), and `evaluate` without a config (the checkpoint's own) reports the run's exact figure."""
+    import numpy as np
+    from PIL import Image
+
+    from tests.conftest import CLASSES, draw
+
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 20), ("test", 8)):
+        for kind in CLASSES:
+            (tmp_path / split / kind).mkdir(parents=True)
+            for i in range(n):
+                wide = np.concatenate([draw(kind, rng), rng.integers(0, 60, (20, 12, 3)).astype(np.uint8)], 1)
+                Image.fromarray(wide).resize((64, 40)).save(tmp_path / split / kind / f"{i}.png")
+    cfg = load_config(RunConfig, None, tiny_overrides(tmp_path / "train", tmp_path / "test", tmp_path / "runs")
+                      + ["teacher.model.input_size=24", "data.labels_per_class=4"])
+    run_task_oriented(cfg)
+    run = tmp_path / "runs" / "tiny"
+    metrics = json.loads((run / "metrics.json").read_text())
+    _, meta = load_checkpoint(run / "checkpoints" / "student")
+    assert meta["decode"] == {"size": 24, "resize": "crop", "crop_pct": 1.0, "interpolation": "bicubic",
+                              "color": "rgb", "jpeg_draft": True}
+    assert main(["evaluate", str(run / "checkpoints" / "student"), "--json"]) == 0
+    got = json.loads(capsys.readouterr().out)
+    assert got["top1"] == metrics["stages"]["student"]["test"]["top1"] and got["num_images"] == 24
+    # predict: the same 24-px crop, then the model's own resize (not a 16-px squash of the file)
+    import torch
+
+    from taskdistill.data.decode import DecodePolicy
+    from taskdistill.data.sources import decode_image
+    from taskdistill.engine.evaluate import predict_logits
+
+    image = tmp_path / "test" / "circle" / "0.png"
+    model, _ = load_checkpoint(run / "checkpoints" / "student")
+    want = predict_logits(model, decode_image(image, DecodePolicy(24))[None], progress=False).softmax(1)[0]
+    squashed = predict_logits(model, decode_image(image, DecodePolicy(16, resize="squash"))[None],
+                              progress=False).softmax(1)[0]
+    assert main(["predict", str(run / "checkpoints" / "student"), str(image), "--json", "--top-k", "3"]) == 0
+    top = json.loads(capsys.readouterr().out)["top"]
+    got = torch.tensor([next(t["prob"] for t in top if t["class"] == c) for c in CLASSES])
+    assert torch.allclose(got, want, atol=1e-4) and not torch.allclose(got, squashed, atol=1e-4)

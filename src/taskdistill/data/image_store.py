@@ -33,7 +33,6 @@ from typing import Any
 import numpy as np
 
 from taskdistill.data.decode import DecodePolicy
-from taskdistill.data.locations import parse_location
 from taskdistill.data.store_decode import decode_into, usable_cores
 from taskdistill.errors import DataError
 from taskdistill.version import __version__
@@ -70,20 +69,33 @@ class SourceFile:
 
 
 def stat_sources(locations: Sequence[str], base: Path | None = None) -> list[SourceFile | None]:
-    """Resolve and stat every location (each tar shard once); None where the file does not exist."""
-    stats: dict[Path, os.stat_result | None] = {}
+    """Resolve and stat every location (each folder resolved once, each tar shard stat'ed once); None where the
+    file does not exist. String paths, not pathlib: this runs once per image on every run."""
+    real_dirs: dict[str, str] = {}
+    stats: dict[str, os.stat_result | None] = {}
     out: list[SourceFile | None] = []
+    base_text = os.fspath(base) if base is not None else None
     for loc in locations:
-        path, key = parse_location(loc, base)
-        path = path.resolve()
+        path_text, key = loc, None
+        if "#" in loc:
+            head, _, tail = loc.rpartition("#")
+            if head.endswith(".tar"):
+                path_text, key = head, tail
+        if base_text is not None and not os.path.isabs(path_text):
+            path_text = os.path.join(base_text, path_text)
+        folder, name = os.path.split(path_text)
+        real = real_dirs.get(folder)
+        if real is None:
+            real = real_dirs[folder] = os.path.realpath(folder or ".")
+        path = os.path.join(real, name)
         if path not in stats:
             try:
-                stats[path] = path.stat()
+                stats[path] = os.stat(path)
             except OSError:
                 stats[path] = None
         st = stats[path]
         out.append(None if st is None else
-                   SourceFile(f"{path}#{key}" if key is not None else str(path), st.st_size, st.st_mtime_ns))
+                   SourceFile(f"{path}#{key}" if key is not None else path, st.st_size, st.st_mtime_ns))
     return out
 
 
@@ -238,7 +250,8 @@ def _build(partial: Path, key: str, policy: DecodePolicy, sources: Sequence[Sour
         "pixels_offset": offset, "bad": {str(k): v for k, v in sorted(result.bad.items())},
         "sha256": {name: _sha256_file(partial / name) for name in ("index.json", "crc32.npy")},
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "build_seconds": round(time.monotonic() - start, 2),
-        "workers": workers, "taskdistill_version": __version__,
+        "decode_seconds": round(result.seconds, 2), "workers": workers,
+        "worker_peak_rss_mb": round(result.worker_peak_rss_kb / 1024, 1), "taskdistill_version": __version__,
     }
     tmp = partial / f".{MARKER}.tmp"
     tmp.write_text(json.dumps(meta, indent=1))

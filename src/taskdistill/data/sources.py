@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Literal
@@ -84,16 +85,32 @@ def decode_image(source: str | Path | IO[bytes], policy: DecodePolicy | int) -> 
     return torch.from_numpy(decode_array(source, pol))
 
 
-def _scan_folder(root: Path) -> tuple[list[Path], list[str], list[str]]:
+def _image_files(folder: Path) -> list[str]:
+    """Image files under `folder` (recursively, following links), in pathlib's order (by path components)."""
+    found: list[tuple[list[str], str]] = []
+    stack: list[tuple[str, list[str]]] = [(os.fspath(folder), [])]
+    while stack:
+        where, parts = stack.pop()
+        with os.scandir(where) as entries:
+            for e in entries:
+                if e.is_dir():
+                    stack.append((e.path, [*parts, e.name]))
+                elif os.path.splitext(e.name)[1].lower() in IMAGE_SUFFIXES and e.is_file():
+                    found.append(([*parts, e.name], e.path))
+    found.sort(key=lambda item: item[0])
+    return [full for _, full in found]
+
+
+def _scan_folder(root: Path) -> tuple[list[str], list[str], list[str]]:
     if not root.is_dir():
         raise DataError(f"image folder '{root}' does not exist or is not a folder")
     class_dirs = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
     if not class_dirs:
         raise DataError(f"'{root}' has no class subfolders; expected {root}/<class name>/<image files>")
-    paths: list[Path] = []
+    paths: list[str] = []
     names: list[str] = []
     for d in class_dirs:
-        files = sorted(f for f in d.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+        files = _image_files(d)
         if not files:
             raise DataError(
                 f"class folder '{d}' holds no images ({', '.join(sorted(IMAGE_SUFFIXES))}); "
