@@ -10,6 +10,8 @@ Run: .venv/bin/python benchmarks/data_scale.py [all | make-data | prepare | work
   Records peak RSS of the process (and of its largest decode worker) and the data-preparation seconds;
   the RSS slope per added transfer image and the second run's share of the first run's time.
 - workers: building the 8,000-image store with `data.decode_workers` 1 and 2 (fresh store folder each).
+- decoders: one process's images/s for our PIL decode vs simplejpeg (if installed) on the 256-px JPEGs, and
+  JPEG draft mode on and off for 1024-px JPEGs decoded to 224 px.
 - full-run: a whole `taskdistill run` (teacher tf_efficientnet_lite0 at 224 px, cached outputs over
   `--full-images` transfer images, student resnet10t at 32 px, short schedules: memory does not depend on
   the number of epochs) in a fresh process; peak RSS and wall time.
@@ -218,6 +220,51 @@ def cpu_name() -> str:
     return platform.machine()
 
 
+def part_decoders(root: Path, out: Path) -> dict:
+    """Images/s of one process: our decode (PIL) against simplejpeg + the same resize, on the 256-px JPEGs;
+    and JPEG draft mode on 1024-px JPEGs (the 256-px ones upscaled) decoded to 224 px. Interleaved, 3 rounds."""
+    import io
+
+    from PIL import Image
+
+    from taskdistill.data.decode import DecodePolicy, decode_array
+
+    files = sorted((root / "pool" / "circle").glob("*.jpg"))[:400]
+    small = [f.read_bytes() for f in files]
+    large = []
+    for d in small[:150]:
+        buf = io.BytesIO()
+        Image.open(io.BytesIO(d)).resize((1024, 1024), Image.Resampling.BICUBIC).save(buf, "JPEG", quality=90)
+        large.append(buf.getvalue())
+    policy, no_draft = DecodePolicy(224), DecodePolicy(224, jpeg_draft=False)
+    candidates = {"pil_256": (small, lambda d: decode_array(io.BytesIO(d), policy)),
+                  "pil_1024_draft": (large, lambda d: decode_array(io.BytesIO(d), policy)),
+                  "pil_1024_no_draft": (large, lambda d: decode_array(io.BytesIO(d), no_draft))}
+    try:
+        import simplejpeg
+
+        def sj(d: bytes) -> np.ndarray:
+            arr = simplejpeg.decode_jpeg(d, colorspace="RGB")
+            return np.asarray(Image.fromarray(arr).resize((224, 224), Image.Resampling.BICUBIC))
+
+        candidates["simplejpeg_256"] = (small, sj)
+    except ImportError:
+        pass
+    rates: dict[str, list[float]] = {k: [] for k in candidates}
+    for _ in range(3):
+        for name, (datas, fn) in candidates.items():
+            t = time.perf_counter()
+            for d in datas:
+                fn(d)
+            rates[name].append(len(datas) / (time.perf_counter() - t))
+    best = {k: round(max(v), 1) for k, v in rates.items()}
+    result: dict = {"images_per_second": best,
+                    "draft_speedup_1024_to_224": round(best["pil_1024_draft"] / best["pil_1024_no_draft"], 2)}
+    if "simplejpeg_256" in best:
+        result["simplejpeg_vs_pil_256"] = round(best["simplejpeg_256"] / best["pil_256"], 2)
+    return result
+
+
 def summary(out: Path) -> str:
     lines = [f"# Data preparation at scale ({cpu_name()}, {os.cpu_count()} cores)", ""]
     p = out / "prepare.json"
@@ -239,6 +286,13 @@ def summary(out: Path) -> str:
                   f"{r['images_per_second']} |" for r in d["rows"]]
         lines += ["", f"2 workers vs 1: {d['speedup_2_vs_1_workers']}x (best of each), "
                       f"{d['speedup_2_vs_1_workers_mean']}x (mean of each)", ""]
+    p = out / "decoders.json"
+    if p.is_file():
+        d = json.loads(p.read_text())
+        rates = ", ".join(f"{k} {v:,.0f}" for k, v in d["images_per_second"].items())
+        lines += [f"Decoders, images/s in one process: {rates}. JPEG draft (1024 -> 224 px): "
+                  f"{d['draft_speedup_1024_to_224']}x; simplejpeg vs PIL at 256 px: "
+                  f"{d.get('simplejpeg_vs_pil_256', 'not installed')}x.", ""]
     p = out / "full-run.json"
     if p.is_file():
         d = json.loads(p.read_text())
@@ -250,19 +304,20 @@ def summary(out: Path) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("part", nargs="?", default="all", choices=["all", "make-data", "prepare", "workers", "full-run"])
+    ap.add_argument("part", nargs="?", default="all", choices=["all", "make-data", "prepare", "workers", "decoders", "full-run"])
     ap.add_argument("--data", default="data/scale")
     ap.add_argument("--out", default="benchmarks/results/data_scale")
     ap.add_argument("--full-images", type=int, default=50_000)
     args = ap.parse_args()
     root, out = Path(args.data).resolve(), Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    parts = ["make-data", "prepare", "workers", "full-run"] if args.part == "all" else [args.part]
+    parts = ["make-data", "prepare", "workers", "decoders", "full-run"] if args.part == "all" else [args.part]
     for part in parts:
         if part == "make-data":
             make_data(root, args.full_images)
             continue
         result = {"prepare": lambda: part_prepare(root, out), "workers": lambda: part_workers(root, out),
+                  "decoders": lambda: part_decoders(root, out),
                   "full-run": lambda: part_full_run(root, out, args.full_images)}[part]()
         result["machine"] = {"cpu": cpu_name(), "cores": os.cpu_count(),
                              "python": platform.python_version()}

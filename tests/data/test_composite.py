@@ -16,9 +16,9 @@ SMALL = CompositeSpec(train_images=12, test_images=6, canvas_size=32)
 
 def test_same_seed_same_canvases_other_seed_other_canvases(tmp_path):
     a, b = load_fashion_composite(SMALL), load_fashion_composite(SMALL)
-    assert torch.equal(a.train.images.tensor(), b.train.images.tensor()) and torch.equal(a.test.masks, b.test.masks)
+    assert torch.equal(a.train.images, b.train.images) and torch.equal(a.test.masks, b.test.masks)
     c = load_fashion_composite(CompositeSpec(train_images=12, test_images=6, canvas_size=32, seed=1))
-    assert not torch.equal(a.test.images.tensor(), c.test.images.tensor())
+    assert not torch.equal(a.test.images, c.test.images)
     assert a.train.images.shape == (12, 3, 32, 32) and a.test.masks.shape == (6, 32, 32)
     assert a.train.class_names == class_names("groups") and len(a.train.class_names) == 6
     fine = load_fashion_composite(CompositeSpec(train_images=12, test_images=6, canvas_size=32, classes="garments"))
@@ -31,7 +31,7 @@ def test_disk_cache_returns_the_same_canvases(tmp_path):
     (folder,) = list((tmp_path / "composite").iterdir())
     assert (folder / "done.json").is_file()
     cached = load_fashion_composite(SMALL, cache_dir=tmp_path)
-    assert torch.equal(cached.train.images.tensor(), fresh.train.images.tensor()) and torch.equal(cached.test.masks, fresh.test.masks)
+    assert torch.equal(cached.train.images, fresh.train.images) and torch.equal(cached.test.masks, fresh.test.masks)
     assert cached.test.ids == fresh.test.ids
 
 

@@ -16,8 +16,10 @@ DISTRIBUTED_VERBS = ("run", "teacher-finetune", "distill", "finetune", "evaluate
 
 def build_parser() -> argparse.ArgumentParser:
     from taskdistill.cli import (
+        benchmark_cmd,
         cache_cmd,
         config_cmd,
+        export_cmd,
         models_cmd,
         pool_cmd,
         predict_cmd,
@@ -31,7 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
         "Turn a large pretrained vision model into a small task-specific one from a few labels."))
     parser.add_argument("--version", action="version", version=f"taskdistill {__version__}")
     sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
-    for module in (run_cmd, prepare_cmd, stage_cmds, sweep_cmd, predict_cmd, models_cmd, config_cmd, pool_cmd, cache_cmd):
+    for module in (run_cmd, prepare_cmd, stage_cmds, sweep_cmd, predict_cmd, export_cmd, benchmark_cmd, models_cmd,
+                   config_cmd, pool_cmd, cache_cmd):
         module.register(sub)
     return parser
 

@@ -176,6 +176,10 @@ class ImageRows:
         return h.hexdigest()
 
 
-def take(images: ImageRows | torch.Tensor, rows: torch.Tensor) -> ImageRows | torch.Tensor:
+# What set-level functions (evaluation, linear probes, embedding) accept: rows gathered by index, or a tensor.
+Images = ImageRows | torch.Tensor
+
+
+def take(images: Images, rows: torch.Tensor) -> Images:
     """Some rows of `images` without reading them where that is possible (an `ImageRows` selection)."""
     return images.select(rows) if isinstance(images, ImageRows) else images[rows]

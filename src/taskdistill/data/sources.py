@@ -85,7 +85,7 @@ def decode_image(source: str | Path | IO[bytes], policy: DecodePolicy | int) -> 
     return torch.from_numpy(decode_array(source, pol))
 
 
-def _image_files(folder: Path) -> list[str]:
+def image_files(folder: Path) -> list[str]:
     """Image files under `folder` (recursively, following links), in pathlib's order (by path components)."""
     found: list[tuple[list[str], str]] = []
     stack: list[tuple[str, list[str]]] = [(os.fspath(folder), [])]
@@ -110,7 +110,7 @@ def _scan_folder(root: Path) -> tuple[list[str], list[str], list[str]]:
     paths: list[str] = []
     names: list[str] = []
     for d in class_dirs:
-        files = _image_files(d)
+        files = image_files(d)
         if not files:
             raise DataError(
                 f"class folder '{d}' holds no images ({', '.join(sorted(IMAGE_SUFFIXES))}); "

@@ -13,13 +13,14 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from taskdistill.data.image_rows import Images, take
 from taskdistill.data.views import Views, model_input
 from taskdistill.engine import distributed
 from taskdistill.engine.batches import EpochSampler
 
 
 @torch.inference_mode()
-def predict_logits(model: nn.Module, images: torch.Tensor, batch_size: int = 256, device: torch.device | str = "cpu",
+def predict_logits(model: nn.Module, images: Images, batch_size: int = 256, device: torch.device | str = "cpu",
                    views: Views | None = None, desc: str = "predict", progress: bool = True) -> torch.Tensor:
     """uint8 images `[N, C, H, W]` -> logits `[N, K]` (float32, on the CPU), model in eval mode."""
     was_training = model.training
@@ -68,7 +69,7 @@ def rank_rows(n: int, batch_size: int) -> torch.Tensor:
     return torch.cat(batches) if batches else torch.empty(0, dtype=torch.long)
 
 
-def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, class_names: list[str],
+def evaluate(model: nn.Module, images: Images, labels: torch.Tensor, class_names: list[str],
              batch_size: int = 256, device: torch.device | str = "cpu", desc: str = "evaluate") -> dict[str, Any]:
     """Metrics of `model` on labeled images `[N, C, H, W]` (split over ranks under a process group)."""
     k = len(class_names)
@@ -78,7 +79,7 @@ def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, class
     rows = rank_rows(len(images), batch_size)
     confusion = torch.zeros(k, k, dtype=torch.long)
     if len(rows):
-        logits = predict_logits(model, images[rows], batch_size=batch_size, device=device, desc=desc,
+        logits = predict_logits(model, take(images, rows), batch_size=batch_size, device=device, desc=desc,
                                 progress=distributed.is_main())
         confusion += confusion_counts(logits, labels[rows], k)
     return metrics_from_confusion(distributed.all_reduce_sum(confusion), class_names)

@@ -22,8 +22,9 @@ from taskdistill.config.schema import RunConfig
 from taskdistill.engine import distributed
 from taskdistill.engine.atomic import write_json, write_text
 from taskdistill.engine.checkpoint import load_checkpoint, save_checkpoint
-from taskdistill.engine.compute import count_parameters
+from taskdistill.engine.compute import count_parameters, forward_gflops
 from taskdistill.engine.device import resolve_device, set_threads
+from taskdistill.engine.latency import model_latency
 from taskdistill.errors import ConfigError, RunFolderError
 from taskdistill.pipelines.prepare import PreparedData, prepare_data
 from taskdistill.pipelines.run_folder import Mode, RunFolder
@@ -31,6 +32,7 @@ from taskdistill.pipelines.stages import build_model, distill, evaluate_model, s
 from taskdistill.report.markdown import run_report
 
 STAGES = ("teacher", "student_distilled", "student", "scratch")
+LATENCY_STAGES = ("teacher", "student")  # the model you have and the one you ship
 KNOWN_BASELINES = ("scratch",)
 ROW_TITLES = {
     "teacher": "teacher (finetuned VFM)",
@@ -70,6 +72,9 @@ class _Runner:
         if self.data.val is not None:
             info["val"] = self.evaluate(model, self.data.val, f"val {name}")
         info["params"] = count_parameters(model)
+        if name in LATENCY_STAGES:  # what the student buys: measured where the run ran, on its device
+            info["gflops"] = round(forward_gflops(model), 4)
+            info["latency"] = model_latency(model).to_dict()
         self.folder.finish_stage(name, info)
         self.log.info(f"[{name}] test {self.summary(info['test'])}  ({info['seconds_total']:.0f} s)")
         return info
@@ -171,7 +176,8 @@ def write_reports(folder: RunFolder, cfg: RunConfig, data: PreparedData) -> RunR
                 "student_distilled") else 0.0
         model = cfg.teacher.model.name if s == "teacher" else cfg.student.model.name
         rows.append({"stage": s, "what": ROW_TITLES[s], "model": model, "params": info["params"],
-                     "top1": info["test"]["top1"], "macro": info["test"]["macro_accuracy"], "seconds": seconds})
+                     "top1": info["test"]["top1"], "macro": info["test"]["macro_accuracy"], "seconds": seconds,
+                     "gflops": info.get("gflops"), "latency": info.get("latency")})
     skipped = sorted(set(data.labeled.skipped) | set(data.test.skipped))
     metrics = {"data": data.summary(), "skipped_images": skipped, "rows": rows,
                "stages": {s: folder.stage_info(s) for s in STAGES if folder.stage_done(s)}}

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from taskdistill.config.schema import TDMRConfig
+from taskdistill.data.image_rows import Images
 from taskdistill.data.image_set import ImageSet
 from taskdistill.engine.batches import Batch
 from taskdistill.models.base import Preprocess
@@ -100,7 +101,7 @@ class RemappingTask(ReprogramTask):
     `remaps` and `mapping_images` (teacher forwards spent on it) count the cost.
     """
 
-    def __init__(self, model: ReprogrammedTeacher, images: torch.Tensor, labels: torch.Tensor, period: int,
+    def __init__(self, model: ReprogrammedTeacher, images: Images, labels: torch.Tensor, period: int,
                  augment: str = "crop-flip", label_smoothing: float = 0.0, seed: int = 0,
                  batch_size: int = 256) -> None:
         super().__init__(model, augment, label_smoothing, seed)

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from taskdistill.data.image_rows import Images
 from taskdistill.data.views import Views, random_views, render
 from taskdistill.engine.batches import Batch, EpochSampler, batch_rows
 from taskdistill.reprogram.visual_prompt import VisualPrompt
@@ -110,7 +111,7 @@ class ReprogrammedTeacher(nn.Module):
 
 
 @torch.no_grad()
-def predict_outputs(model: ReprogrammedTeacher, images: torch.Tensor, kind: str = "target_logits",
+def predict_outputs(model: ReprogrammedTeacher, images: Images, kind: str = "target_logits",
                     batch_size: int = 256, device: torch.device | str | None = None) -> torch.Tensor:
     """One output of the reprogrammed teacher (`kind` in `OUTPUT_KINDS`) for uint8 `images` `[N, C, H, W]`
     on plain views, in eval mode: float32 `[N, K]` on the cpu (e.g. target logits for test accuracy)."""
@@ -127,7 +128,7 @@ def predict_outputs(model: ReprogrammedTeacher, images: torch.Tensor, kind: str 
 
 
 @torch.no_grad()
-def source_probabilities(model: ReprogrammedTeacher, images: torch.Tensor, batch_size: int = 256,
+def source_probabilities(model: ReprogrammedTeacher, images: Images, batch_size: int = 256,
                          device: torch.device | str | None = None) -> torch.Tensor:
     """Softmax over the teacher's source classes `[N, S]` (cpu, float32) for uint8 `images` `[N, C, H, W]`,
     seen through the current prompt; the input to `frequency_label_mapping` / `iterative_label_mapping`.

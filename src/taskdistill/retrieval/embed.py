@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from taskdistill.data.image_rows import Images
 from taskdistill.data.views import Views, model_input, render
 from taskdistill.engine import distributed
 from taskdistill.engine.atomic import atomic_path, write_json, write_text
@@ -150,7 +151,7 @@ def encode(encoder: nn.Module, images: torch.Tensor, views: Views | None = None,
     return F.normalize(feats.flatten(1), dim=1).cpu()
 
 
-def encode_set(encoder: nn.Module, images: torch.Tensor, batch_size: int = 256, views: Views | None = None,
+def encode_set(encoder: nn.Module, images: Images, batch_size: int = 256, views: Views | None = None,
                device: torch.device | str = "cpu", desc: str | None = None) -> torch.Tensor:
     """`encode` over many images `[N, C, H, W]` in batches -> `[N, D]`."""
     out = []

@@ -8,12 +8,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from taskdistill.data.image_rows import Images
 from taskdistill.data.views import model_input
 from taskdistill.engine.batches import Batch, EpochSampler
 
 
 @torch.inference_mode()
-def pooled_features(model: nn.Module, images: torch.Tensor, batch_size: int = 256,
+def pooled_features(model: nn.Module, images: Images, batch_size: int = 256,
                     device: torch.device | str = "cpu") -> torch.Tensor:
     """uint8 images `[N, C, H, W]` -> pooled pre-logit features `[N, D]` (model in eval mode)."""
     model.eval()
