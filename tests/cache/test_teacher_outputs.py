@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -163,3 +164,132 @@ def test_topk_storage_round_trip_and_size(tmp_path):
     assert torch.allclose(got.sum(-1), torch.ones(12, 2), atol=2e-3)
     assert torch.equal(got.argmax(-1), expected.argmax(-1))
     assert TeacherOutputs.open(tmp_path / "teacher_outputs" / info["key"]).temperature == 2.0
+
+
+# --- integrity: a damaged entry is named, deleted and rebuilt; it never blocks a run -----------------------------
+
+def _entry(tmp_path: Path, info: dict) -> Path:
+    return tmp_path / "teacher_outputs" / info["key"]
+
+
+def _rebuilt(tmp_path, capsys, fragment: str, storage: Storage | None = None) -> None:
+    """The next call on the damaged entry rebuilds it, says why in one line, and returns the right values."""
+    storage = storage or Storage()
+    t = Counting(teacher())
+    again, info = cached_teacher_outputs(t, tiny_set(), 2, 0, tmp_path, batch_size=5, storage=storage)
+    assert not info["hit"] and t.seen == 24  # the teacher ran again
+    err = [line for line in capsys.readouterr().err.splitlines() if "damaged" in line]
+    assert len(err) == 1 and info["key"] in err[0] and fragment in err[0], err
+    fresh, _ = cached_teacher_outputs(teacher(), tiny_set(), 2, 0, tmp_path / "fresh", batch_size=5, storage=storage)
+    assert torch.equal(again.dense(), fresh.dense())
+    assert cached_teacher_outputs(Counting(teacher()), tiny_set(), 2, 0, tmp_path, batch_size=5,
+                                  storage=storage)[1]["hit"]  # and the rebuilt entry is used from then on
+    assert not [p for p in (tmp_path / "teacher_outputs").iterdir() if "damaged" in p.name or "partial" in p.name]
+
+
+def test_meta_records_the_size_shape_and_checksum_of_each_array(tmp_path):
+    import zlib
+
+    _, info = cached_teacher_outputs(teacher(), tiny_set(), 2, 0, tmp_path, batch_size=5,
+                                     storage=Storage("topk", 2, 2.0))
+    entry = _entry(tmp_path, info)
+    arrays = json.loads((entry / "meta.json").read_text())["arrays"]
+    assert set(arrays) == {"values.npy", "indices.npy"}
+    for name, rec in arrays.items():
+        data = (entry / name).read_bytes()
+        assert rec["bytes"] == len(data) and rec["crc32"] == zlib.crc32(data)
+        assert rec["shape"] == [12, 2, 2] and rec["dtype"] == ("float16" if name == "values.npy" else "int16")
+
+
+def test_a_truncated_values_file_is_rebuilt(tmp_path, capsys):
+    _, info = cached_teacher_outputs(teacher(), tiny_set(), 2, 0, tmp_path, batch_size=5)
+    values = _entry(tmp_path, info) / "values.npy"
+    values.write_bytes(values.read_bytes()[:-20])
+    _rebuilt(tmp_path, capsys, "were written")
+
+
+def test_a_values_file_cut_inside_its_header_is_rebuilt(tmp_path, capsys):
+    _, info = cached_teacher_outputs(teacher(), tiny_set(), 2, 0, tmp_path, batch_size=5)
+    values = _entry(tmp_path, info) / "values.npy"
+    values.write_bytes(values.read_bytes()[:30])
+    meta = json.loads((_entry(tmp_path, info) / "meta.json").read_text())
+    meta.pop("arrays")  # as an entry written before sizes were recorded: numpy's own reading must catch it
+    (_entry(tmp_path, info) / "meta.json").write_text(json.dumps(meta))
+    _rebuilt(tmp_path, capsys, "values.npy is unreadable")
+
+
+def test_nan_values_are_rebuilt(tmp_path, capsys):
+    _, info = cached_teacher_outputs(teacher(), tiny_set(), 2, 0, tmp_path, batch_size=5)
+    entry = _entry(tmp_path, info)
+    values = np.load(entry / "values.npy", mmap_mode="r+")
+    values[3, 1, :] = np.nan
+    values.flush()
+    del values
+    _rebuilt(tmp_path, capsys, "does not match its CRC32")
+    # the same with a checksum that agrees (NaN written before it was recorded): the NaN check catches it
+    entry = _entry(tmp_path, info)
+    values = np.load(entry / "values.npy", mmap_mode="r+")
+    values[0, 0, 0] = np.inf
+    values.flush()
+    del values
+    from taskdistill.cache.teacher_outputs import array_records
+
+    meta = json.loads((entry / "meta.json").read_text())
+    (entry / "meta.json").write_text(json.dumps({**meta, "arrays": array_records(entry)}))
+    _rebuilt(tmp_path, capsys, "holds 1 NaN/inf value")
+
+
+def test_a_corrupt_meta_json_is_rebuilt(tmp_path, capsys):
+    storage = Storage("topk", 2, 2.0)
+    _, info = cached_teacher_outputs(teacher(), tiny_set(), 2, 0, tmp_path, batch_size=5, storage=storage)
+    (_entry(tmp_path, info) / "meta.json").write_text('{"format": "teacher-outp')
+    _rebuilt(tmp_path, capsys, "meta.json is unreadable", storage)
+
+
+def test_a_damaged_indices_file_is_rebuilt(tmp_path, capsys):
+    storage = Storage("topk", 2, 2.0)
+    _, info = cached_teacher_outputs(teacher(), tiny_set(), 2, 0, tmp_path, batch_size=5, storage=storage)
+    indices = _entry(tmp_path, info) / "indices.npy"
+    data = bytearray(indices.read_bytes())
+    data[-1] ^= 0x7F
+    indices.write_bytes(bytes(data))
+    _rebuilt(tmp_path, capsys, "indices.npy does not match its CRC32", storage)
+
+
+def test_an_entry_without_checksums_is_still_used_when_sound(tmp_path):
+    first, info = cached_teacher_outputs(teacher(), tiny_set(), 2, 0, tmp_path, batch_size=5)
+    meta_path = _entry(tmp_path, info) / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    meta.pop("arrays")
+    meta_path.write_text(json.dumps(meta))
+    t = Counting(teacher())
+    again, info = cached_teacher_outputs(t, tiny_set(), 2, 0, tmp_path, batch_size=5)
+    assert info["hit"] and t.seen == 0 and torch.equal(first.dense(), again.dense())
+
+
+def test_a_teacher_that_gives_nan_is_not_cached(tmp_path):
+    from taskdistill.errors import DataError
+
+    class NaNTeacher(Counting):
+        def __call__(self, x):
+            return super().__call__(x) * float("nan")
+
+    with pytest.raises(DataError, match=r"hold 72 NaN/inf value\(s\) of 72, so they were not cached.*teacher\.train\.lr"):
+        cached_teacher_outputs(NaNTeacher(teacher()), tiny_set(), 2, 0, tmp_path, batch_size=5)
+    assert not list((tmp_path / "teacher_outputs").iterdir())
+    _, info = cached_teacher_outputs(teacher(), tiny_set(), 2, 0, tmp_path, batch_size=5)  # nothing blocks a rerun
+    assert not info["hit"]
+
+
+def test_an_interrupted_build_with_an_unreadable_record_starts_over(tmp_path, capsys):
+    data = tiny_set(n=20)
+    folder = tmp_path / "b.partial"
+    with pytest.raises(KeyboardInterrupt):
+        build_teacher_outputs(Counting(teacher(), fail_after=3), data, 2, 0, folder, batch_size=5, flush_seconds=0.0)
+    (folder / "values.npy").write_bytes(b"\x93NUMPY")  # the arrays are gone, the record says 3 batches are done
+    t = Counting(teacher())
+    computed, _ = build_teacher_outputs(t, data, 2, 0, folder, batch_size=5, flush_seconds=0.0)
+    assert computed == 40 and t.calls == 8  # every batch again
+    assert "cannot be continued" in capsys.readouterr().err
+    whole, _ = cached_teacher_outputs(teacher(), data, 2, 0, tmp_path / "whole", batch_size=5)
+    assert np.array_equal(np.load(folder / "values.npy"), np.asarray(whole.values))

@@ -6,9 +6,13 @@ format and the key changes. Layout under `<cache_dir>/teacher_outputs/`:
 
     <key>/values.npy    float16 [N, V, K] logits or features ("full"), or [N, V, k] probabilities ("topk")
     <key>/indices.npy   int16/int32 [N, V, k] class indices ("topk" only)
-    <key>/meta.json     what was stored and how long it took
+    <key>/meta.json     what was stored, how long it took, and each array's shape, size and CRC32
     <key>.partial/      a build in progress: the same arrays plus progress.json; an interrupted build
                         continues from its last recorded batch, and is renamed to <key>/ when complete
+
+An entry is checked whenever it is opened (`entry_problem`): a missing, truncated, unreadable or changed
+array, an unreadable meta.json, or NaN/inf values are named in one line on stderr, and the entry is deleted
+and rebuilt; a damaged entry never blocks a run. A build whose teacher gives NaN/inf is not cached at all.
 
 Arrays are read memory-mapped: a batch gathers only its own rows. Under a process group the ranks split
 the teacher's work and rank 0 writes (`build_teacher_outputs`); the result is byte-identical to one
@@ -21,7 +25,9 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 import time
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -38,7 +44,7 @@ from taskdistill.data.views import Views, model_input, replay_views
 from taskdistill.engine import distributed
 from taskdistill.engine.atomic import write_json
 from taskdistill.engine.batches import EpochSampler
-from taskdistill.errors import ConfigError
+from taskdistill.errors import ConfigError, DataError
 
 CACHE_FORMAT = "teacher-outputs/2"
 OutputKind = str  # "logits" or "features" for a plain teacher; a teacher with `cache_outputs` names its own
@@ -187,10 +193,22 @@ def _gather_outputs(out: torch.Tensor | None) -> list[torch.Tensor | None]:
     return [p[: int(s[0]), : int(s[1])] if int(s[0]) else None for p, s in zip(parts, shapes, strict=True)]
 
 
-def _read_progress(folder: Path, batch_size: int) -> dict[str, Any]:
+def _read_progress(folder: Path, batch_size: int, storage: Storage) -> dict[str, Any]:
+    """What an interrupted build in `folder` had done, or {} to start over (rank 0). A build whose record or
+    arrays cannot be read back is started over rather than trusted."""
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "progress.json"
-    progress = json.loads(path.read_text()) if path.is_file() else {}
+    try:
+        progress = json.loads(path.read_text()) if path.is_file() else {}
+        if progress.get("done_batches"):
+            for name in ("values.npy", "indices.npy") if storage.format == "topk" else ("values.npy",):
+                np.load(folder / name, mmap_mode="r")
+    except (OSError, ValueError, AttributeError) as e:
+        print(f"teacher-output cache: the interrupted build in {folder} cannot be continued ({e}); starting it over",
+              file=sys.stderr, flush=True)
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True, exist_ok=True)
+        return {}
     if progress and progress.get("batch_size") != batch_size:
         return {}  # another batch size orders the work differently: start over
     return progress
@@ -214,7 +232,7 @@ def build_teacher_outputs(teacher: nn.Module, transfer: ImageSet, num_views: int
     teacher.eval()
     writer, rank, world = distributed.is_main(), distributed.rank(), distributed.world_size()
     progress_path = folder / "progress.json"
-    progress = distributed.on_main(lambda: _read_progress(folder, batch_size))
+    progress = distributed.on_main(lambda: _read_progress(folder, batch_size, storage))
     done, num_outputs = progress.get("done_batches", 0), progress.get("num_outputs", 0)
     n = len(transfer)
     work = _work(n, num_views, batch_size)
@@ -273,14 +291,120 @@ def build_teacher_outputs(teacher: nn.Module, transfer: ImageSet, num_views: int
     return computed, distributed.broadcast_object(num_outputs)
 
 
+ARRAYS = ("values.npy", "indices.npy")
+
+
+def _crc32(path: Path) -> int:
+    crc = 0
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            crc = zlib.crc32(block, crc)
+    return crc
+
+
+def _non_finite(values: np.ndarray, block_bytes: int = 1 << 24) -> int:
+    """How many NaN/inf values `values` holds, read about `block_bytes` at a time."""
+    rows = max(1, block_bytes // max(1, values[:1].nbytes))
+    return sum(int(np.count_nonzero(~np.isfinite(values[i:i + rows]))) for i in range(0, len(values), rows))
+
+
+def array_records(folder: Path) -> dict[str, dict[str, Any]]:
+    """Shape, dtype, size in bytes and CRC32 of each array file in `folder` (kept in meta.json)."""
+    out = {}
+    for name in ARRAYS:
+        if (folder / name).is_file():
+            arr = np.load(folder / name, mmap_mode="r")
+            out[name] = {"shape": list(arr.shape), "dtype": str(arr.dtype), "bytes": (folder / name).stat().st_size,
+                         "crc32": _crc32(folder / name)}
+    return out
+
+
+def entry_problem(folder: Path) -> str | None:
+    """Why the finished entry in `folder` cannot be used (None when it is sound): meta.json unreadable, an array
+    missing, truncated, unreadable, of another shape or changed since it was written, or NaN/inf values.
+    Entries written before sizes and checksums were recorded get every check but those."""
+    try:
+        meta = json.loads((folder / "meta.json").read_text())
+        expected = (int(meta["num_images"]), int(meta["num_views"]))
+        topk = meta["storage"]["format"] == "topk"
+        width = int(meta["num_outputs"]) if not topk else min(int(meta["storage"]["k"]), int(meta["num_outputs"]))
+        records = meta.get("arrays")
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        return f"meta.json is unreadable: {type(e).__name__}: {e}"
+    for name in ARRAYS if topk else ARRAYS[:1]:
+        try:
+            problem = _array_problem(folder / name, expected + (width,), records)
+        except (KeyError, TypeError, AttributeError) as e:
+            problem = f"meta.json's record of {name} is unreadable: {type(e).__name__}: {e}"
+        if problem:
+            return problem
+    return None
+
+
+def _array_problem(path: Path, shape: tuple[int, ...], records: dict[str, Any] | None) -> str | None:
+    """What is wrong with one array file of an entry, checked against its record in meta.json (if any)."""
+    name = path.name
+    if not path.is_file():
+        return f"{name} is missing"
+    record = records[name] if records is not None else None
+    if record is not None and path.stat().st_size != record["bytes"]:
+        return f"{name} has {path.stat().st_size} bytes, {record['bytes']} were written"
+    try:
+        arr = np.load(path, mmap_mode="r")
+    except (OSError, ValueError, EOFError) as e:
+        return f"{name} is unreadable: {e}"
+    if arr.shape != shape or (record is not None and str(arr.dtype) != record["dtype"]):
+        return f"{name} holds {arr.dtype} {arr.shape}, meta.json says {shape}"
+    if record is not None and _crc32(path) != record["crc32"]:
+        return f"{name} does not match its CRC32 (its bytes changed after it was written)"
+    if name == "values.npy" and (bad := _non_finite(arr)):
+        return f"{name} holds {bad} NaN/inf value(s)"
+    return None
+
+
+def _usable(final: Path) -> bool:
+    """True when a sound finished entry is at `final`; a damaged one is named on stderr and removed (rank 0)."""
+    if not final.exists():
+        return False
+    problem = entry_problem(final)
+    if problem is None:
+        return True
+    print(f"teacher-output cache entry {final} is damaged ({problem}); deleting it and rebuilding it",
+          file=sys.stderr, flush=True)
+    _discard(final)
+    return False
+
+
+def _discard(folder: Path) -> None:
+    """Move `folder` out of the way first (readers never see it half-deleted), then delete it."""
+    aside = folder.with_name(f"{folder.name}.damaged-{os.getpid()}")
+    try:
+        os.replace(folder, aside)
+    except FileNotFoundError:  # another process moved it first
+        return
+    shutil.rmtree(aside, ignore_errors=True)
+
+
 def _finish_build(partial: Path, final: Path, meta: dict[str, Any]) -> None:
-    """Write meta.json into the finished `<key>.partial` and rename it to `<key>` (rank 0)."""
-    write_json(partial / "meta.json", meta)
+    """Check the finished `<key>.partial`, record its arrays in meta.json and rename it to `<key>` (rank 0).
+    Outputs with NaN/inf are not cached: DataError."""
+    values = np.load(partial / "values.npy", mmap_mode="r")
+    bad, total = _non_finite(values), values.size
+    del values
+    if bad:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise DataError(
+            f"the teacher's {meta['kind']} outputs on the transfer set hold {bad} NaN/inf value(s) of {total}, so "
+            f"they were not cached. The teacher's weights are not finite (a diverged finetune: lower "
+            f"teacher.train.lr) or its outputs overflow float16; check the teacher checkpoint")
+    write_json(partial / "meta.json", {**meta, "arrays": array_records(partial)})
     (partial / "progress.json").unlink(missing_ok=True)
-    if final.exists():  # a concurrent build finished first; keep one
+    if final.exists() and entry_problem(final) is None:  # a concurrent build finished first; keep one
         shutil.rmtree(partial)
-    else:
-        os.replace(partial, final)
+        return
+    if final.exists():
+        _discard(final)
+    os.replace(partial, final)
 
 
 def cached_teacher_outputs(teacher: nn.Module, transfer: ImageSet, num_views: int, view_seed: int,
@@ -298,7 +422,7 @@ def cached_teacher_outputs(teacher: nn.Module, transfer: ImageSet, num_views: in
     key = cache_key(teacher, transfer, num_views, view_seed, kind, storage)
     root = Path(cache_dir) / "teacher_outputs"
     final, partial = root / key, root / f"{key}.partial"
-    hit = distributed.on_main(lambda: (final / "meta.json").is_file())
+    hit = distributed.on_main(lambda: _usable(final))
     seconds, computed = 0.0, 0
     if not hit:
         start = time.perf_counter()
@@ -314,9 +438,9 @@ def cached_teacher_outputs(teacher: nn.Module, transfer: ImageSet, num_views: in
         distributed.on_main(lambda: _finish_build(partial, final, meta))
     distributed.check_visible(final / "meta.json", "teacher-output cache")
     outputs = TeacherOutputs.open(final)
-    if outputs.shape[:2] != (len(transfer), num_views):
-        raise RuntimeError(f"teacher-output cache {final} holds {outputs.shape[:2]}, expected "
-                           f"{(len(transfer), num_views)}; delete it")
+    if outputs.shape[:2] != (len(transfer), num_views):  # the key covers both: only a hash collision gets here
+        raise DataError(f"teacher-output cache {final} holds {outputs.shape[:2]}, expected "
+                        f"{(len(transfer), num_views)}; delete it")
     return outputs, {"key": key, "hit": hit, "seconds": round(seconds, 2), "teacher_images": computed,
                      "bytes_per_view": outputs.bytes_per_view,
                      "expected_bytes_per_view": bytes_per_view(outputs.num_outputs,

@@ -11,6 +11,7 @@ from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_
 
 import yaml
 
+from taskdistill.config.ranges import problems
 from taskdistill.errors import ConfigError
 
 T = TypeVar("T")
@@ -100,32 +101,41 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
 
 
 def from_dict(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
-    """Build dataclass `cls` from a nested dict; unknown keys raise ConfigError with the closest valid key."""
-    hints = _field_types(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    kwargs: dict[str, Any] = {}
-    for key, value in data.items():
-        where = f"{prefix}.{key}" if prefix else str(key)
-        if key not in names:
-            raise ConfigError(f"unknown config key '{where}'.{_suggest(str(key), names)} Valid keys here: {', '.join(names)}")
-        kwargs[key] = _coerce(value, hints[key], where)
-    # Nested sections given partially keep their other defaults.
-    obj = cls()
-    for key, value in kwargs.items():
-        if dataclasses.is_dataclass(value) and not isinstance(value, type):
-            value = merge(getattr(obj, key), value, data[key])
-        setattr(obj, key, value)
+    """Build dataclass `cls` from a nested dict and check every numeric range (`config/ranges.py`).
+
+    Sections given partially keep their other defaults. Every problem found (unknown keys with the closest
+    valid key, values of the wrong type, values out of range) is reported at once, one line each, in one
+    ConfigError.
+    """
+    errors: list[str] = []
+    obj = _fill(cls(), data, prefix, errors)
+    errors += problems(obj, f"{prefix}." if prefix else "")
+    if errors:
+        head = f"{len(errors)} problems in the config:\n  " if len(errors) > 1 else ""
+        raise ConfigError(head + "\n  ".join(errors))
     return obj
 
 
-def merge(base: Any, new: Any, given: dict[str, Any]) -> Any:
-    """Return `base` with only the fields named in `given` taken from `new` (recursively)."""
+def _fill(base: T, data: dict[str, Any], prefix: str, errors: list[str]) -> T:
+    """A copy of `base` with the values in `data` typed and set; each bad key appends a line to `errors`
+    (and keeps its default)."""
+    cls = type(base)
+    hints = _field_types(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
     out = dataclasses.replace(base)
-    for key in given:
-        value = getattr(new, key)
-        if dataclasses.is_dataclass(value) and isinstance(given[key], dict):
-            value = merge(getattr(base, key), value, given[key])
-        setattr(out, key, value)
+    for key, value in data.items():
+        where = f"{prefix}.{key}" if prefix else str(key)
+        if key not in names:
+            errors.append(f"unknown config key '{where}'.{_suggest(str(key), names)} Valid keys here: {', '.join(names)}")
+            continue
+        tp = hints[key]
+        if dataclasses.is_dataclass(tp) and isinstance(value, dict):
+            setattr(out, key, _fill(getattr(out, key), value, where, errors))
+            continue
+        try:
+            setattr(out, key, _coerce(value, tp, where))
+        except ConfigError as e:
+            errors.append(str(e))
     return out
 
 
@@ -178,7 +188,7 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
 
 
 def load_config(cls: type[T], path: str | Path | None = None, overrides: list[str] | None = None) -> T:
-    """Defaults <- YAML file <- `--set` overrides, typed and validated."""
+    """Defaults <- YAML file <- `--set` overrides, typed and range-checked (all problems in one ConfigError)."""
     data = load_yaml(path) if path is not None else {}
     data = apply_overrides(data, overrides or [])
     return from_dict(cls, data)

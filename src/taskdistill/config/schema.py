@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import ClassVar, Literal
+
+from taskdistill.config.ranges import Rule, ge, gt, within
 
 OnBadImage = Literal["fail", "skip"]
 TeacherMode = Literal["linear-probe", "finetune", "lp-ft"]
@@ -17,23 +19,31 @@ class DataConfig:
     dataset: str = "fashion-mnist"  # built-in name, "folder" or "csv"
     root: str | None = None  # built-in: data root (default: the packaged location); folder/csv: train path
     test_root: str | None = None  # folder/csv: test split path (required for those)
-    labels_per_class: int | None = 10  # k labels per class (exactly k; error if a class has fewer)
-    max_per_class: int | None = None  # at most this many per class (all if the class is smaller)
-    label_fraction: float | None = None  # a fraction of each class instead of a count
-    val_per_class: int = 0  # carved out of the labeled images, per class
+    # k labels per class (exactly k; error if a class has fewer)
+    labels_per_class: int | None = field(default=10, metadata=ge(1, "labels per class"))
+    # at most this many per class (all if the class is smaller)
+    max_per_class: int | None = field(default=None, metadata=ge(1, "at most this many labels per class"))
+    # a fraction of each class instead of a count
+    label_fraction: float | None = field(
+        default=None, metadata=within(0, 1, "the share of each class that is labeled", low_open=True))
+    # carved out of the labeled images, per class
+    val_per_class: int = field(default=0, metadata=ge(0, "validation images per class"))
     # Folder / CSV / manifest images are decoded once into an image store (docs/data.md) by this policy:
-    load_size: int | None = None  # square side they are stored at; None: the largest model input size of the run
+    # square side they are stored at; None: the largest model input size of the run
+    load_size: int | None = field(default=None, metadata=ge(16, "the stored image side in pixels"))
     resize: Literal["crop", "squash"] = "crop"  # crop: timm's eval transform (short side to load_size / crop_pct,
     # centre crop; a square image gives the same pixels as squash at crop_pct 1); squash: stretch to a square
-    crop_pct: float = 1.0  # crop: share of the short side kept (timm's crop_pct; 1.0 keeps the whole short side)
+    # crop: share of the short side kept (timm's crop_pct; 1.0 keeps the whole short side)
+    crop_pct: float = field(default=1.0, metadata=within(0, 1, "the share of the short side kept", low_open=True))
     interpolation: Literal["bicubic", "bilinear", "lanczos", "nearest", "box", "hamming"] = "bicubic"
     color: Literal["rgb", "gray"] = "rgb"  # gray stores one channel (a third of the disk), models still see RGB
     jpeg_draft: bool = True  # JPEGs much larger than load_size decode at 1/2-1/8 scale (libjpeg DCT scaling)
     store_dir: str | None = None  # where image stores live; None: $TASKDISTILL_CACHE_DIR/stores or ~/.cache/taskdistill/stores
-    decode_workers: int | None = None  # processes that decode a new store; None: every usable core
+    # processes that decode a new store; None: every usable core
+    decode_workers: int | None = field(default=None, metadata=ge(1, "processes that decode a new image store"))
     on_bad_image: OnBadImage = "fail"
     download: bool = False  # fashion-mnist: fetch the IDX files with torchvision when online
-    split_seed: int | None = None  # seed of the labeled split; None: the run seed
+    split_seed: int | None = field(default=None, metadata=ge(0, "the seed of the labeled split"))  # None: the run seed
 
 
 @dataclass
@@ -43,25 +53,27 @@ class ModelConfig:
     name: str = "resnet10t"
     pretrained: bool = False  # packaged weights where they exist, else the hub (needs a network)
     checkpoint: str | None = None  # a local weights file (.safetensors or a taskdistill checkpoint)
-    input_size: int | None = None  # square side in pixels; None: the model's pretrained config
-    drop_rate: float | None = None
-    drop_path_rate: float | None = None
+    # None: the model's pretrained config
+    input_size: int | None = field(default=None, metadata=ge(16, "the model's square input side in pixels"))
+    drop_rate: float | None = field(default=None, metadata=within(0, 1, "a dropout rate", high_open=True))
+    drop_path_rate: float | None = field(default=None, metadata=within(0, 1, "a stochastic-depth rate", high_open=True))
 
 
 @dataclass
 class OptimConfig:
     """One training stage's schedule."""
 
-    epochs: int = 30
-    batch_size: int = 64
-    lr: float = 1e-3
-    weight_decay: float = 0.05
+    epochs: int = field(default=30, metadata=ge(0, "passes over the training set"))
+    batch_size: int = field(default=64, metadata=ge(1, "images per optimizer step"))
+    lr: float = field(default=1e-3, metadata=gt(0, "the peak learning rate"))
+    weight_decay: float = field(default=0.05, metadata=ge(0, "the optimizer's weight decay"))
     optimizer: Literal["adamw", "sgd"] = "adamw"
-    warmup_epochs: float = 0.0
-    label_smoothing: float = 0.0
+    warmup_epochs: float = field(default=0.0, metadata=ge(0, "epochs of linear learning-rate warmup"))
+    label_smoothing: float = field(default=0.0, metadata=within(0, 1, "the label-smoothing mass", high_open=True))
     augment: Augment = "crop-flip"
     freeze_bn: bool = False  # keep batch-norm statistics fixed while training
-    min_steps: int = 0  # small labeled sets: at least this many optimizer steps (epochs are repeated)
+    # small labeled sets: at least this many optimizer steps (epochs are repeated)
+    min_steps: int = field(default=0, metadata=ge(0, "the fewest optimizer steps"))
 
 
 @dataclass
@@ -79,24 +91,28 @@ class TransferConfig:
 
     source: str = "unlabeled"  # "unlabeled": the task's training images minus the labeled ones; or a manifest path;
     # or "wds:SPEC": webdataset tar shards streamed (folder, brace pattern or glob; local or fsspec URL), docs/distributed.md
-    max_images: int | None = 20000
-    views: int = 1  # cached teacher views per image (view 0: plain, view 1: mirrored, v >= 2: random crops)
-    epoch_images: int | None = None  # wds: images per epoch; None: all images in the shards (counted), capped at max_images
-    workers: int = 0  # wds: DataLoader workers per process that read and decode shards
-    shuffle_buffer: int = 1000  # wds: samples shuffled within each reader's buffer
+    max_images: int | None = field(default=20000, metadata=ge(1, "the most transfer images used"))
+    # cached teacher views per image (view 0: plain, view 1: mirrored, v >= 2: random crops)
+    views: int = field(default=1, metadata=ge(1, "teacher views per transfer image"))
+    # wds: images per epoch; None: all images in the shards (counted), capped at max_images
+    epoch_images: int | None = field(default=None, metadata=ge(1, "streamed images per epoch"))
+    # wds: DataLoader workers per process that read and decode shards
+    workers: int = field(default=0, metadata=ge(0, "DataLoader workers per process"))
+    # wds: samples shuffled within each reader's buffer
+    shuffle_buffer: int = field(default=1000, metadata=ge(0, "samples in each reader's shuffle buffer"))
 
 
 @dataclass
 class DistillConfig:
     transfer: TransferConfig = field(default_factory=TransferConfig)
-    temperature: float = 2.0
+    temperature: float = field(default=2.0, metadata=gt(0, "the softmax temperature"))
     # Cached soft labels: "full" float16 logits, or "topk" probabilities at `temperature` (k classes per view,
     # the rest of the mass spread uniformly; worth it for many classes, e.g. a 1000-class proxy space).
     soft_labels: Literal["full", "topk"] = "full"
-    topk: int = 16
+    topk: int = field(default=16, metadata=ge(1, "classes kept per view by topk soft labels"))
     # `task-oriented-pretrained`: the distillation learning rate for a student that starts from pretrained
     # weights (None: `train.lr`); a pretrained student wants a smaller one (benchmarks/lr_search.py).
-    pretrained_student_lr: float | None = None
+    pretrained_student_lr: float | None = field(default=None, metadata=gt(0, "the learning rate of a pretrained student"))
     train: OptimConfig = field(default_factory=lambda: OptimConfig(epochs=6, lr=2e-3, batch_size=128, augment="none"))
     cache_dir: str | None = None  # None: <output_dir>/.cache
 
@@ -106,8 +122,9 @@ class FeatureDistillConfig:
     """Task-agnostic baseline: match the frozen (not finetuned) teacher's pooled features through a projector."""
 
     loss: Literal["cosine", "contrastive", "cosine+contrastive"] = "cosine"
-    contrastive_temperature: float = 0.1
-    projector_hidden: int | None = None  # None: max(student, teacher) width; 0: a single linear map
+    contrastive_temperature: float = field(default=0.1, metadata=gt(0, "the contrastive softmax temperature"))
+    # None: max(student, teacher) width; 0: a single linear map
+    projector_hidden: int | None = field(default=None, metadata=ge(0, "the projector's hidden width"))
     train: OptimConfig = field(default_factory=lambda: OptimConfig(epochs=8, lr=2e-3, batch_size=128, augment="none"))
 
 
@@ -127,42 +144,60 @@ class TDMRConfig:
     """TDMR (the `tdmr` method, docs/tdmr.md): reprogram the frozen pretrained teacher (prompt + label map),
     distil progressively from its proxy space (source classes -> task classes), then finetune the student."""
 
-    source_classes: int = 1000  # the teacher is built with this many classes: packaged weights keep their head
+    # the teacher is built with this many classes: packaged weights keep their head
+    source_classes: int = field(default=1000, metadata=ge(0, "classes of the teacher's own head"))
     prompt: Literal["padding", "full", "none"] = "padding"
-    pad: int | None = None  # padding prompt: frame width in pixels; None: the teacher's input_size // 8
+    # padding prompt: frame width in pixels; None: the teacher's input_size // 8
+    pad: int | None = field(default=None, metadata=ge(1, "the prompt frame width in pixels"))
     # flm / ilm: fixed one-to-one maps; linear-logits: learned map on the source logits, started at FLM;
     # linear-features: learned map on the pooled features (a linear probe behind the prompt)
     label_mapping: Literal["flm", "ilm", "linear-logits", "linear-features"] = "linear-logits"
-    ilm_period: int = 25  # ilm: recompute the map every this many reprogramming steps
+    # ilm: recompute the map every this many reprogramming steps
+    ilm_period: int = field(default=25, metadata=ge(1, "reprogramming steps between ILM re-maps"))
     reprogram: OptimConfig = field(default_factory=lambda: OptimConfig(
         epochs=50, lr=1e-2, batch_size=32, weight_decay=0.0, augment="crop-flip", min_steps=150))
     # w_t of the task term: "progressive" ramps 0 -> 1 over ramp_fraction of the steps; "one-shot": w = 1
     # (task outputs only); "joint": w = joint_weight throughout.
     schedule: Literal["progressive", "one-shot", "joint"] = "progressive"
-    ramp_fraction: float = 0.5
+    ramp_fraction: float = field(default=0.5, metadata=within(0, 1, "the share of steps the task weight ramps over"))
     ramp_shape: Literal["linear", "cosine"] = "linear"
-    joint_weight: float = 0.5
-    proxy_temperature: float = 2.0
-    task_temperature: float = 2.0
+    joint_weight: float = field(default=0.5, metadata=within(0, 1, "the task-term weight of the joint schedule"))
+    proxy_temperature: float = field(default=2.0, metadata=gt(0, "the softmax temperature of the proxy outputs"))
+    task_temperature: float = field(default=2.0, metadata=gt(0, "the softmax temperature of the task outputs"))
     proxy_soft_labels: Literal["full", "topk"] = "topk"  # the 1000-class source outputs; topk: k * 4 bytes/view
-    proxy_topk: int = 16
+    proxy_topk: int = field(default=16, metadata=ge(1, "source classes kept per view by topk proxy labels"))
     distill: OptimConfig = field(default_factory=lambda: OptimConfig(epochs=6, lr=2e-3, batch_size=128, augment="none"))
     evaluate_teacher: bool = True  # also report the reprogrammed teacher's test accuracy (not counted as cost)
+
+    rules: ClassVar[tuple[Rule, ...]] = (
+        Rule(("source_classes", "label_mapping"), lambda c: c.source_classes >= 1 or c.label_mapping == "linear-features",
+             "a one-to-one or logit label map needs the teacher's source classes: set source_classes >= 1 (e.g. "
+             "1000), or label_mapping=linear-features"),
+    )
 
 
 @dataclass
 class CompositeConfig:
     """The built-in segmentation task `fashion-composite` (data/composite.py): Fashion-MNIST items on textures."""
 
-    train_images: int = 6000  # the training pool: labeled images are drawn from it, the rest is the transfer set
-    test_images: int = 1000
-    canvas_size: int = 64
-    min_items: int = 1
-    max_items: int = 3
-    min_scale: float = 0.4  # item side as a share of the canvas side
-    max_scale: float = 0.65
+    # the training pool: labeled images are drawn from it, the rest is the transfer set
+    train_images: int = field(default=6000, metadata=ge(1, "training canvases"))
+    test_images: int = field(default=1000, metadata=ge(1, "test canvases"))
+    canvas_size: int = field(default=64, metadata=ge(16, "the canvas side in pixels"))
+    min_items: int = field(default=1, metadata=ge(1, "the fewest items per canvas"))
+    max_items: int = field(default=3, metadata=ge(1, "the most items per canvas"))
+    min_scale: float = field(default=0.4, metadata=within(0.1, 1, "the smallest item side as a share of the canvas"))
+    max_scale: float = field(default=0.65, metadata=within(0.1, 1, "the largest item side as a share of the canvas"))
     classes: Literal["garments", "groups"] = "groups"  # background + 5 garment groups, or + the 10 garments
-    seed: int = 0  # fixes every canvas of both splits (the run seed only picks the labeled images)
+    # fixes every canvas of both splits (the run seed only picks the labeled images)
+    seed: int = field(default=0, metadata=ge(0, "the seed of the canvases"))
+
+    rules: ClassVar[tuple[Rule, ...]] = (
+        Rule(("min_items", "max_items"), lambda c: c.min_items <= c.max_items,
+             "min_items must be <= max_items; raise max_items or lower min_items"),
+        Rule(("min_scale", "max_scale"), lambda c: c.min_scale <= c.max_scale,
+             "min_scale must be <= max_scale; raise max_scale or lower min_scale"),
+    )
 
 
 @dataclass
@@ -170,12 +205,15 @@ class SegmentationConfig:
     """What `task: segmentation` adds (docs/segmentation.md). Models are `<backbone>` names wrapped with an
     FPN head; data.dataset is `fashion-composite` or `seg-folder` (data.root / data.test_root)."""
 
-    labeled_images: int = 16  # the few-shot budget, in images (a sweep's budgets set it)
-    val_images: int = 0  # carved out of the labeled images
-    ignore_index: int = 255
-    head_width: int = 64  # FPN head channels, teacher and student
-    cache_grid: int | None = None  # teacher logits cached at this side; None: the teacher head's own grid
-    feature_level: int = -2  # task-agnostic: which teacher backbone level is matched (-2: stride 16 on conv nets)
+    # the few-shot budget, in images (a sweep's budgets set it)
+    labeled_images: int = field(default=16, metadata=ge(1, "labeled images"))
+    val_images: int = field(default=0, metadata=ge(0, "validation images"))  # carved out of the labeled images
+    ignore_index: int = field(default=255, metadata=within(1, 255, "the mask value of unlabeled pixels"))
+    head_width: int = field(default=64, metadata=ge(1, "FPN head channels"))  # FPN head channels, teacher and student
+    # teacher logits cached at this side; None: the teacher head's own grid
+    cache_grid: int | None = field(default=None, metadata=ge(1, "the side of the cached logit grid"))
+    # task-agnostic: which teacher backbone level is matched (-2: stride 16 on conv nets)
+    feature_level: int = field(default=-2, metadata=within(-5, 4, "a backbone level index; -1 is the deepest"))
     composite: CompositeConfig = field(default_factory=CompositeConfig)
 
 
@@ -185,10 +223,11 @@ class RunConfig:
 
     name: str = "default"
     output_dir: str = "runs"
-    seed: int = 0
+    seed: int = field(default=0, metadata=ge(0, "the run seed"))
     device: str = "auto"
-    num_threads: int | None = None
-    eval_batch_size: int = 128  # also the teacher-cache batch: 128 built it faster than 256 here (BENCHMARKS.md)
+    num_threads: int | None = field(default=None, metadata=ge(1, "CPU threads"))
+    # also the teacher-cache batch: 128 built it faster than 256 here (BENCHMARKS.md)
+    eval_batch_size: int = field(default=128, metadata=ge(1, "images per evaluation batch"))
     data: DataConfig = field(default_factory=DataConfig)
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     student: StudentConfig = field(default_factory=StudentConfig)
@@ -198,3 +237,11 @@ class RunConfig:
     baselines: list[str] = field(default_factory=lambda: ["scratch"])
     task: Literal["classification", "segmentation"] = "classification"
     segmentation: SegmentationConfig = field(default_factory=SegmentationConfig)
+
+    rules: ClassVar[tuple[Rule, ...]] = (
+        Rule(("tdmr.pad", "teacher.model.input_size"),
+             lambda c: (c.tdmr.prompt != "padding" or c.tdmr.pad is None or c.teacher.model.input_size is None
+                        or 2 * c.tdmr.pad < c.teacher.model.input_size),
+             "the padding prompt's frame leaves no room for the image: set tdmr.pad below half the teacher's "
+             "input size, or tdmr.pad=null for an eighth of it"),
+    )

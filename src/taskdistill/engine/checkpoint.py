@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -70,22 +71,46 @@ def decode_policy_of(meta: dict[str, Any]) -> DecodePolicy | None:
     return DecodePolicy.from_dict(meta["decode"]) if meta.get("decode") else None
 
 
+META_KEYS = ("model", "class_names", "preprocess")  # what `load_checkpoint` needs from the metadata
+
+
 def read_meta(path: str | Path) -> dict[str, Any]:
+    """A checkpoint's metadata (`<stem>.json`), checked: CheckpointError naming the file if it is missing,
+    unreadable, of another format, or lacks what a checkpoint records."""
     stem = _stem(path)
     meta_path = stem.with_suffix(".json")
     if not meta_path.is_file():
         raise CheckpointError(f"checkpoint '{stem}' has no metadata file '{meta_path}'; is it a taskdistill checkpoint?")
-    meta = json.loads(meta_path.read_text())
-    if meta.get("format") != FORMAT:
-        raise CheckpointError(f"'{meta_path}' is not a {FORMAT} file (format={meta.get('format')!r})")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise CheckpointError(f"checkpoint metadata '{meta_path}' is unreadable or truncated ({e}); copy the "
+                              f"checkpoint again, or rerun the stage that wrote it") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        got = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
+        raise CheckpointError(f"'{meta_path}' is not a {FORMAT} file (format={got!r})")
+    missing = [k for k in META_KEYS if k not in meta]
+    if missing:
+        raise CheckpointError(f"checkpoint metadata '{meta_path}' lacks {', '.join(missing)}; copy the checkpoint "
+                              f"again, or rerun the stage that wrote it")
     return meta
+
+
+def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    """Every tensor of a `.safetensors` file; a truncated or corrupt file is a CheckpointError naming it."""
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        size = path.stat().st_size
+        raise CheckpointError(f"weights file '{path}' ({size:,} bytes) is truncated or corrupt and cannot be read "
+                              f"({type(e).__name__}: {e}); copy it again, or rerun the stage that wrote it") from None
 
 
 def _read_state(path: Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise CheckpointError(f"weights file '{path}' does not exist")
     if path.suffix == ".safetensors":
-        return load_file(str(path))
+        return _read_safetensors(path)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unpickling failure is the user's file
@@ -97,15 +122,43 @@ def _read_state(path: Path) -> dict[str, torch.Tensor]:
     return state
 
 
+def fit_problem(model: nn.Module, state: dict[str, Any]) -> str | None:
+    """One line on how `state` differs from `model`'s own state dict (names, then shapes), or None if it fits."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    wrong = [k for k in own if k in state and tuple(getattr(state[k], "shape", ())) != tuple(own[k].shape)]
+    parts = []
+
+    def listed(keys: list[str]) -> str:
+        return ", ".join(keys[:3]) + (f" (+{len(keys) - 3} more)" if len(keys) > 3 else "")
+
+    if wrong:
+        k = wrong[0]
+        more = f" (+{len(wrong) - 1} more tensors of another shape)" if len(wrong) > 1 else ""
+        parts.append(f"{k} is {list(state[k].shape)} in the file, {list(own[k].shape)} in the model{more}")
+    if missing:
+        parts.append(f"missing {listed(missing)}")
+    if unexpected:
+        parts.append(f"unexpected {listed(unexpected)}")
+    return "; ".join(parts) or None
+
+
 def load_weights_into(model: nn.Module, path: str | Path) -> None:
-    """Load a `.safetensors` / `.pt` state dict (or a taskdistill checkpoint stem) into `model`, strictly."""
+    """Load a `.safetensors` / `.pt` state dict (or a taskdistill checkpoint stem) into `model`, strictly:
+    every tensor name and shape must match the model's (CheckpointError naming the file and the first misfit)."""
     p = Path(path)
     weights = _stem(p).with_suffix(".safetensors") if p.suffix in ("", ".json") else p
     state = _read_state(weights)
+    name = getattr(getattr(model, "spec", None), "name", type(model).__name__)
+    problem = fit_problem(model, state)
+    if problem is not None:
+        raise CheckpointError(f"weights in '{weights}' do not fit model '{name}': {problem}. Load them into the model "
+                              f"they were saved from (same architecture and class count)")
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:
-        raise CheckpointError(f"weights in '{weights}' do not fit model '{model.spec.name}': {str(e)[:500]}") from None
+        raise CheckpointError(f"weights in '{weights}' do not fit model '{name}': {str(e)[:500]}") from None
 
 
 def load_checkpoint(path: str | Path, expect_classes: list[str] | None = None) -> tuple[nn.Module, dict[str, Any]]:
