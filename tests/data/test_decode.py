@@ -92,3 +92,15 @@ def test_bad_policy_values_are_rejected(kw):
 def test_policy_round_trips_through_a_dict():
     p = DecodePolicy(32, resize="squash", crop_pct=0.875, interpolation="bilinear", color="gray", jpeg_draft=False)
     assert DecodePolicy.from_dict(p.to_dict()) == p and p.row_shape == (1, 32, 32)
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    img = np.zeros((10, 20, 3), dtype=np.uint8)
+    img[:, :10] = (255, 0, 0)  # left half red, right half green, as stored
+    img[:, 10:] = (0, 255, 0)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 CW to display": the displayed image is 10 wide, 20 tall, red on top
+    f = tmp_path / "turned.png"
+    Image.fromarray(img).save(f, exif=exif)
+    out = decode_array(f, DecodePolicy(10, resize="squash", interpolation="nearest"))
+    assert (out[0, :4] > 200).all() and (out[1, -4:] > 200).all()  # red top rows, green bottom rows

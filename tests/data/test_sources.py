@@ -83,3 +83,18 @@ def test_packaged_fashion_mnist_is_real():
     assert data.train.images.shape == (60000, 1, 28, 28)
     assert data.test.images.shape == (10000, 1, 28, 28)
     assert torch.bincount(data.test.labels).tolist() == [1000] * 10
+
+
+def test_three_bad_files_and_an_empty_class_are_reported_in_one_error(shapes_dataset):
+    train, test = shapes_dataset
+    for name in ("bars/001.png", "circle/002.png", "cross/003.png"):
+        truncate(train / name)
+    (train / "empty").mkdir()
+    with pytest.raises(DataError) as err:
+        load_dataset("folder", str(train), str(test), policy=16)
+    text = str(err.value)
+    assert text.startswith("4 problem(s) in train folder")
+    assert all(n in text for n in ("class folder", "empty' holds no images", "bars/001.png", "circle/002.png",
+                                   "cross/003.png", "data.on_empty_class=skip", "--on-bad-image skip"))
+    data = load_dataset("folder", str(train), str(test), policy=16, on_bad_image="skip", on_empty_class="skip")
+    assert data.class_names == ["bars", "circle", "cross"] and len(data.train) == 87 and len(data.train.skipped) == 3

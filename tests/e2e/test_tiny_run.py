@@ -136,3 +136,13 @@ def test_evaluate_and_predict_replay_the_checkpoints_decode_policy(tmp_path, cap
     top = json.loads(capsys.readouterr().out)["top"]
     got = torch.tensor([next(t["prob"] for t in top if t["class"] == c) for c in CLASSES])
     assert torch.allclose(got, want, atol=1e-4) and not torch.allclose(got, squashed, atol=1e-4)
+
+
+def test_unwritable_output_and_cache_folders_fail_before_any_training(shapes_dataset, tmp_path, capsys):
+    train, test = shapes_dataset
+    (tmp_path / "file").write_text("x")
+    args = ["run"] + [a for o in tiny_overrides(train, test, tmp_path / "file" / "runs") for a in ("--set", o)]
+    assert main(args + ["--set", f"distill.cache_dir={tmp_path / 'file' / 'cache'}"]) == 2
+    err = capsys.readouterr().err
+    assert "output_dir '" in err and "distill.cache_dir '" in err and "is not writable" in err
+    assert "Traceback" not in err

@@ -140,3 +140,16 @@ def test_unreadable_images_fail_or_become_zero_rows(pool_dir: Path, tmp_path: Pa
     embed_pool(pool, TINY, tmp_path / "emb2", on_bad_image="skip")
     emb = load_embeddings(tmp_path / "emb2")
     assert emb.valid.tolist() == [True] * 11 + [False]
+
+
+def test_member_names_with_newlines_keep_one_id_each(tmp_path: Path) -> None:
+    from tests.retrieval.helpers import write_shard
+
+    rng = np.random.default_rng(0)
+    write_shard(tmp_path / "pool" / "s.tar", [("plain", blob_image(rng, 16), "web"),
+                                              ("two\nlines", blob_image(rng, 16), "web"),
+                                              ('quote"d', blob_image(rng, 16), "web")])
+    embed_pool(open_pool(tmp_path / "pool"), TINY, tmp_path / "emb", shard_size=8, batch_size=4)
+    emb = load_embeddings(tmp_path / "emb")
+    assert emb.ids == ["s.tar/plain", "s.tar/two\nlines", 's.tar/quote"d']
+    assert emb.locations[1].endswith("s.tar#two\nlines")

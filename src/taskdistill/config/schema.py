@@ -42,6 +42,7 @@ class DataConfig:
     # processes that decode a new store; None: every usable core
     decode_workers: int | None = field(default=None, metadata=ge(1, "processes that decode a new image store"))
     on_bad_image: OnBadImage = "fail"
+    on_empty_class: Literal["fail", "skip"] = "fail"  # folder: a class folder without images fails (listed) or is left out
     download: bool = False  # fashion-mnist: fetch the IDX files with torchvision when online
     split_seed: int | None = field(default=None, metadata=ge(0, "the seed of the labeled split"))  # None: the run seed
 

@@ -7,7 +7,8 @@ The policy is what an image store is keyed by and what a checkpoint records, so 
   and the centre `size x size` is kept. With `crop_pct=1.0` a square image gives the same pixels as `squash`.
 - `resize="squash"` stretches the whole image to `size x size` (aspect ratio not kept).
 - `color`: "rgb" (3 channels) or "gray" (1 channel). Transparent pixels are composited on white.
-- 16-bit images (PNG `I;16`, `I`) are scaled to 8 bits, not clipped.
+- 16-bit images (PNG `I;16`, `I`) are scaled to 8 bits, not clipped; float images (`F`) in [0, 1] are scaled.
+- EXIF orientation is applied (a photo taken sideways is stored upright); palette and CMYK become RGB.
 - `jpeg_draft`: JPEGs much larger than needed are decoded at 1/2, 1/4 or 1/8 scale by libjpeg (DCT scaling),
   never below the size the resize needs.
 """
@@ -19,7 +20,7 @@ from dataclasses import asdict, dataclass
 from typing import IO, Any, Literal
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 Resize = Literal["crop", "squash"]
 Interpolation = Literal["bicubic", "bilinear", "lanczos", "nearest", "box", "hamming"]
@@ -30,6 +31,8 @@ _RESAMPLE = {
     "lanczos": Image.Resampling.LANCZOS, "nearest": Image.Resampling.NEAREST,
     "box": Image.Resampling.BOX, "hamming": Image.Resampling.HAMMING,
 }
+# Bumped whenever the same file and policy would give other pixels (part of every image store's key).
+DECODER_VERSION = 2
 # What a bad file raises while it is opened or decoded (the caller decides: fail naming it, or skip it).
 DECODE_ERRORS: tuple[type[BaseException], ...] = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 
@@ -120,6 +123,7 @@ def decode_array(source: str | IO[bytes], policy: DecodePolicy) -> np.ndarray:
         if policy.jpeg_draft:
             _draft(im, policy)
         im.load()
+        im = ImageOps.exif_transpose(im) or im  # draft works on the stored orientation; crop after turning
         im = _to_8bit(im)
         if im.mode in ("RGBA", "LA", "P", "PA") or (im.mode in ("RGB", "L") and "transparency" in im.info):
             rgba = im.convert("RGBA")

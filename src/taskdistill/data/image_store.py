@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from taskdistill.data.decode import DecodePolicy
+from taskdistill.data.decode import DECODER_VERSION, DecodePolicy
 from taskdistill.data.store_decode import decode_into, usable_cores
 from taskdistill.errors import DataError
 from taskdistill.version import __version__
@@ -100,7 +100,8 @@ def stat_sources(locations: Sequence[str], base: Path | None = None) -> list[Sou
 
 
 def _hash_sources(policy: DecodePolicy, sources: Sequence[SourceFile], with_stat: bool) -> str:
-    h = hashlib.sha256(json.dumps({"format": STORE_FORMAT, "policy": policy.to_dict()}, sort_keys=True).encode())
+    h = hashlib.sha256(json.dumps({"format": STORE_FORMAT, "decoder": DECODER_VERSION, "policy": policy.to_dict()},
+                                  sort_keys=True).encode())
     for s in sources:
         h.update((f"{s.location}\t{s.size}\t{s.mtime_ns}\n" if with_stat else f"{s.location}\n").encode())
     return h.hexdigest()[:32]

@@ -101,7 +101,8 @@ def image_files(folder: Path) -> list[str]:
     return [full for _, full in found]
 
 
-def _scan_folder(root: Path) -> tuple[list[str], list[str], list[str]]:
+def _scan_folder(root: Path) -> tuple[list[str], list[str], list[str], list[Path]]:
+    """(image paths, their class names, class names in order, class folders that hold no image)."""
     if not root.is_dir():
         raise DataError(f"image folder '{root}' does not exist or is not a folder")
     class_dirs = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
@@ -109,16 +110,14 @@ def _scan_folder(root: Path) -> tuple[list[str], list[str], list[str]]:
         raise DataError(f"'{root}' has no class subfolders; expected {root}/<class name>/<image files>")
     paths: list[str] = []
     names: list[str] = []
+    empty: list[Path] = []
     for d in class_dirs:
         files = image_files(d)
         if not files:
-            raise DataError(
-                f"class folder '{d}' holds no images ({', '.join(sorted(IMAGE_SUFFIXES))}); "
-                f"add images or remove the folder"
-            )
+            empty.append(d)
         paths.extend(files)
         names.extend([d.name] * len(files))
-    return paths, names, [d.name for d in class_dirs]
+    return paths, names, [d.name for d in class_dirs if d not in empty], empty
 
 
 def _read_manifest(path: Path) -> tuple[list[Path], list[str]]:
@@ -155,32 +154,41 @@ def _label_ids(names: list[str], class_names: list[str], where: Path) -> list[in
 def load_files(
     kind: Literal["folder", "csv"], root: str, test_root: str | None, policy: DecodePolicy | int,
     on_bad_image: Literal["fail", "skip"] = "fail", store: StoreOptions | None = None,
+    on_empty_class: Literal["fail", "skip"] = "fail",
 ) -> TaskData:
     """A folder of class subfolders or a CSV manifest, for train and test, each decoded once into an image
-    store (`store`) by `policy`; images `[N, C, S, S]` gathered from it."""
+    store (`store`) by `policy`; images `[N, C, S, S]` gathered from it. Empty class folders, missing and
+    unreadable files of a split are reported together in one error (or skipped, by the two `on_*` rules)."""
     if test_root is None:
         raise DataError(f"dataset '{kind}' needs a test split: set data.test_root to a {kind} like data.root")
     pol = policy if isinstance(policy, DecodePolicy) else DecodePolicy(int(policy))
     sets = []
     class_names: list[str] = []
     for split, where in (("train", Path(root)), ("test", Path(test_root))):
+        problems: list[str] = []
         if kind == "folder":
-            paths, names, found = _scan_folder(where)
+            paths, names, found, empty = _scan_folder(where)
+            if empty and on_empty_class == "fail":
+                problems = [f"  class folder '{d}' holds no images ({', '.join(sorted(IMAGE_SUFFIXES))}): add "
+                            f"images, remove it, or set data.on_empty_class=skip" for d in empty]
         else:
             paths, names = _read_manifest(where)
             found = sorted(set(names))
         if split == "train":
             class_names = found
+            if not class_names:
+                raise DataError(f"no class folder of '{where}' holds images")
         labels = _label_ids(names, class_names, where)
-        ids = [str(p) for p in paths]
-        sets.append(load_image_files(ids, labels, ids, class_names, pol, on_bad_image, store or StoreOptions(),
-                                     f"{split} {kind} {where.resolve()}"))
+        paths = [str(p) for p in paths]  # the ids too: stable names of the images
+        sets.append(load_image_files(paths, labels, paths, class_names, pol, on_bad_image, store or StoreOptions(),
+                                     f"{split} {kind} {where.resolve()}", problems=problems))
     return TaskData(train=sets[0], test=sets[1], policy=pol)
 
 
 def load_dataset(
     dataset: str, root: str | None = None, test_root: str | None = None, policy: DecodePolicy | int = 224,
     on_bad_image: Literal["fail", "skip"] = "fail", download: bool = False, store: StoreOptions | None = None,
+    on_empty_class: Literal["fail", "skip"] = "fail",
 ) -> TaskData:
     """Dispatch on the dataset spec name: a built-in name, "folder" or "csv"."""
     if dataset == "fashion-mnist":
@@ -188,7 +196,7 @@ def load_dataset(
     if dataset in ("folder", "csv"):
         if root is None:
             raise DataError(f"dataset '{dataset}' needs data.root (the training {dataset}) and data.test_root")
-        return load_files(dataset, root, test_root, policy, on_bad_image, store)  # type: ignore[arg-type]
+        return load_files(dataset, root, test_root, policy, on_bad_image, store, on_empty_class)  # type: ignore[arg-type]
     import difflib
 
     close = difflib.get_close_matches(dataset, [*BUILTINS, "folder", "csv"], n=1)

@@ -31,21 +31,22 @@ def store_rows(info: StoreInfo) -> ImageRows:
     return ImageRows(FileArray(info.pixels_path, info.pixels_offset, info.shape, info.key))
 
 
-def _list_bad(bad: dict[int, str], locations: Sequence[str], description: str) -> str:
+SKIP_BAD = "--on-bad-image skip (--set data.on_bad_image=skip) leaves unreadable images out"
+
+
+def _bad_lines(bad: dict[int, str], locations: Sequence[str]) -> list[str]:
     lines = [f"  {locations[r]}: {msg}" for r, msg in list(sorted(bad.items()))[:20]]
-    more = f"\n  ... and {len(bad) - 20} more" if len(bad) > 20 else ""
-    return (f"{len(bad)} unreadable or missing image(s) in {description}:\n" + "\n".join(lines) + more +
-            "\nFix or remove them, or pass --on-bad-image skip (--set data.on_bad_image=skip) to leave them out.")
+    return lines + ([f"  ... and {len(bad) - 20} more"] if len(bad) > 20 else [])
 
 
 def load_image_files(locations: Sequence[str], labels: Sequence[int], ids: Sequence[str], class_names: list[str],
                      policy: DecodePolicy, on_bad_image: Literal["fail", "skip"], store: StoreOptions,
-                     description: str, base: Path | None = None) -> ImageSet:
+                     description: str, base: Path | None = None, problems: Sequence[str] = ()) -> ImageSet:
     """An ImageSet over the image store of `locations` (paths or `shard.tar#key`; relative ones join `base`).
 
     Every missing or unreadable file is found in one pass: with `on_bad_image="fail"` they are all listed in
-    one error (the store stays, so a rerun with `skip` decodes nothing again); with `skip` they are left out
-    and listed in the set's `skipped`.
+    one error, together with `problems` the caller found before (e.g. empty class folders); the store stays,
+    so a rerun with `skip` decodes nothing again. With `skip` they are left out and listed in `skipped`.
     """
     if not (len(locations) == len(labels) == len(ids)):
         raise ValueError("locations, labels and ids must have the same length")
@@ -53,12 +54,18 @@ def load_image_files(locations: Sequence[str], labels: Sequence[int], ids: Seque
     missing = {i: "file does not exist" for i, s in enumerate(stats) if s is None}
     present = [i for i, s in enumerate(stats) if s is not None]
     if not present:
-        raise DataError(f"no readable images in {description}: " + _list_bad(missing, locations, description))
+        raise DataError("\n".join([f"no readable images in {description}:", *problems,
+                                   *_bad_lines(missing, locations)]))
     sources = [stats[i] for i in present]
     info = open_store(sources, policy, store.root, store.workers, description, store.progress)  # type: ignore[arg-type]
     bad = {present[r]: msg for r, msg in info.bad.items()}
-    if (bad or missing) and on_bad_image == "fail":
-        raise DataError(_list_bad({**missing, **bad}, locations, description))
+    failing = dict(sorted({**missing, **bad}.items())) if on_bad_image == "fail" else {}
+    if failing or problems:
+        head = [f"{len(problems) + len(failing)} problem(s) in {description}:", *problems]
+        if failing:
+            head += [f"  {len(failing)} unreadable or missing image(s):", *_bad_lines(failing, locations)]
+        fixes = ["Fix or remove them."] + ([f"Or: {SKIP_BAD}."] if failing else [])
+        raise DataError("\n".join(head + fixes))
     rows = store_rows(info)
     keep_rows = np.array([r for r in range(len(present)) if r not in info.bad], dtype=np.int64)
     if len(keep_rows) == 0:

@@ -69,7 +69,7 @@ def store_options(data: DataConfig, progress: bool = True) -> StoreOptions:
 def load_task_data(data: DataConfig, policy: DecodePolicy | int) -> TaskData:
     pol = policy if isinstance(policy, DecodePolicy) else decode_policy_for(data, policy)
     return load_dataset(data.dataset, data.root, data.test_root, pol, data.on_bad_image, data.download,
-                        store_options(data))
+                        store_options(data), data.on_empty_class)
 
 
 def _transfer_from_manifest(path: str, class_names: list[str], policy: DecodePolicy | int, on_bad_image: str,

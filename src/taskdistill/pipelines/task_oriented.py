@@ -26,6 +26,7 @@ from taskdistill.engine.compute import count_parameters, forward_gflops
 from taskdistill.engine.device import resolve_device, set_threads
 from taskdistill.engine.latency import model_latency
 from taskdistill.errors import ConfigError, RunFolderError
+from taskdistill.pipelines.preflight import check_output_folders
 from taskdistill.pipelines.prepare import PreparedData, prepare_data
 from taskdistill.pipelines.run_folder import Mode, RunFolder
 from taskdistill.pipelines.stages import build_model, distill, evaluate_model, supervised, train_teacher
@@ -122,13 +123,17 @@ def run_task_oriented(cfg: RunConfig, mode: Mode = "new", stages: Sequence[str] 
     torch.manual_seed(cfg.seed + 1)
     student = build_model(cfg.student.model, k).to(device)
     init_state = {n: t.clone() for n, t in student.state_dict().items()}
+    cache_dir = Path(cfg.distill.cache_dir or Path(cfg.output_dir) / ".cache")
+    weights = 4 * (count_parameters(teacher) + 3 * count_parameters(student)) + (16 << 20)  # checkpoints, logs
+    cached = len(data.transfer) * cfg.distill.transfer.views * k * 2  # float16 teacher outputs, full storage
+    check_output_folders({"output_dir": (Path(cfg.output_dir), weights),
+                          "distill.cache_dir": (cache_dir, cached + (1 << 20))})
 
     folder = RunFolder(Path(cfg.output_dir) / cfg.name, dump_yaml(cfg), mode)
     runner = _Runner(folder, cfg, data, device)
     log = runner.log
     try:
         log.info(f"run '{cfg.name}' -> {folder.path}  (device {device}, data {data.summary()})")
-        cache_dir = Path(cfg.distill.cache_dir or Path(cfg.output_dir) / ".cache")
         if "teacher" in stages:
             runner.stage("teacher", teacher,
                          lambda: train_teacher(teacher, cfg.teacher, data.labeled, cfg.seed, device))

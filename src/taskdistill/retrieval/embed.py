@@ -2,7 +2,8 @@
 
 Folder layout (`OUT/`):
     meta.json                 encoder spec + weights hash, pool fingerprint, shard size, dim, count, complete
-    ids.txt sources.txt locations.txt   one line per pool image, in pool order
+    ids.txt sources.txt locations.txt   one line per pool image, in pool order, each a JSON string (so a
+                              name holding a newline or any other character stays one line)
     emb-00000.npy ...         `[n, D]` float16/float32 features of images `i * shard_size ..`, unit norm
     sig-00000.npy ...         `[n, SIG_DIM]` float16 pixel signatures (see `pixel_signature`)
 Each shard is written atomically (signature first, embedding last), so a shard whose `emb-*.npy` exists is
@@ -257,9 +258,9 @@ def _prepare_folder(out: Path, pool: ImagePool, meta: dict[str, Any], force: boo
     elif force:
         for p in [*out.glob("emb-*.npy"), *out.glob("sig-*.npy"), *out.glob("index-*")]:
             p.unlink()
-    write_text(out / "ids.txt", "".join(f"{e.id}\n" for e in pool.entries))
-    write_text(out / "sources.txt", "".join(f"{e.source}\n" for e in pool.entries))
-    write_text(out / "locations.txt", "".join(f"{e.location}\n" for e in pool.entries))
+    for name, values in (("ids", [e.id for e in pool.entries]), ("sources", [e.source for e in pool.entries]),
+                         ("locations", [e.location for e in pool.entries])):
+        write_text(out / f"{name}.txt", "".join(json.dumps(v) + "\n" for v in values))
     write_json(meta_path, {**meta, "dim": dim})
     return dim
 
@@ -298,7 +299,8 @@ class Embeddings:
 
 
 def _lines(path: Path) -> list[str]:
-    return path.read_text().splitlines()
+    """One JSON string per line (older folders: the raw text of each line)."""
+    return [json.loads(line) if line.startswith('"') else line for line in path.read_text().split("\n")[:-1]]
 
 
 def load_embeddings(folder: str | Path) -> Embeddings:

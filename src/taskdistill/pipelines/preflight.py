@@ -1,0 +1,38 @@
+"""Checks before the first stage: the folders a run writes exist (or can be made), are writable and have room."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+from taskdistill.errors import DataError
+
+_MB = 1 << 20
+
+
+def _human(n: float) -> str:
+    return f"{n / _MB:,.0f} MB" if n < 1 << 30 else f"{n / (1 << 30):,.1f} GB"
+
+
+def folder_problem(path: Path, key: str, need_bytes: int) -> str | None:
+    """Why `path` (the config key `key`) cannot take `need_bytes` of output, or None."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        return f"{key} '{path}' is not writable ({e.strerror or e}): point {key} at a writable folder"
+    free = shutil.disk_usage(path).free
+    if free < need_bytes:
+        return (f"{key} '{path}' has {_human(free)} free, the run needs about {_human(need_bytes)} there: free "
+                f"space or point {key} at a larger disk")
+    return None
+
+
+def check_output_folders(folders: dict[str, tuple[Path, int]]) -> None:
+    """`{config key: (folder, bytes it needs)}`; every problem in one DataError, before any work is done."""
+    problems = [p for key, (path, need) in folders.items() if (p := folder_problem(path, key, need))]
+    if problems:
+        raise DataError("cannot write the run's output:\n  " + "\n  ".join(problems))
