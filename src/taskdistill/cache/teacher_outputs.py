@@ -43,7 +43,7 @@ from taskdistill.data.image_set import ImageSet
 from taskdistill.data.views import Views, model_input, replay_views
 from taskdistill.engine import distributed
 from taskdistill.engine.atomic import write_json
-from taskdistill.engine.batches import EpochSampler
+from taskdistill.engine.batches import EpochSampler, inference_batch_size
 from taskdistill.errors import ConfigError, DataError
 
 CACHE_FORMAT = "teacher-outputs/2"
@@ -426,8 +426,10 @@ def cached_teacher_outputs(teacher: nn.Module, transfer: ImageSet, num_views: in
     seconds, computed = 0.0, 0
     if not hit:
         start = time.perf_counter()
-        computed, num_outputs = build_teacher_outputs(teacher, transfer, num_views, view_seed, partial, batch_size,
-                                                      device, kind, storage)
+        size = getattr(getattr(teacher, "preprocess", None), "input_size", 0)
+        computed, num_outputs = build_teacher_outputs(teacher, transfer, num_views, view_seed, partial,
+                                                      inference_batch_size(batch_size, size, device), device, kind,
+                                                      storage)
         seconds = time.perf_counter() - start
         meta = {
             "format": CACHE_FORMAT, "key": key, "kind": kind, "num_images": len(transfer), "num_views": num_views,

@@ -21,6 +21,19 @@ Batch = dict[str, torch.Tensor]
 ROWS_KEY = "batch_rows"
 
 
+CPU_REFERENCE_SIDE = 128  # inference batches on the CPU hold at most eval_batch_size images of this side
+
+
+def inference_batch_size(requested: int, input_size: int, device: torch.device | str = "cpu") -> int:
+    """The batch size for inference at `input_size` px: `requested` on a GPU and for inputs up to 128 px; on the
+    CPU above that, scaled down so a batch holds no more pixels than `requested` images of 128 px (activation
+    memory grows with pixels: 128 images at 224 px through EfficientNet-Lite0 peaked at 4.3 GB of RSS, see
+    BENCHMARKS.md). The outputs do not depend on it (models run in eval mode)."""
+    if torch.device(device).type != "cpu" or input_size <= CPU_REFERENCE_SIDE:
+        return requested
+    return max(1, requested * CPU_REFERENCE_SIDE ** 2 // input_size ** 2)
+
+
 def rank_part(indices: torch.Tensor, rank: int, world_size: int) -> torch.Tensor:
     """This rank's contiguous part of a global batch `[B]` (parts differ in size by at most one)."""
     if world_size == 1:

@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 from taskdistill.data.image_rows import Images, take
 from taskdistill.data.views import Views, model_input
 from taskdistill.engine import distributed
-from taskdistill.engine.batches import EpochSampler
+from taskdistill.engine.batches import EpochSampler, inference_batch_size
 
 
 @torch.inference_mode()
@@ -26,6 +26,7 @@ def predict_logits(model: nn.Module, images: Images, batch_size: int = 256, devi
     was_training = model.training
     model.eval()
     outs = []
+    batch_size = inference_batch_size(batch_size, model.preprocess.input_size, device)
     sampler = EpochSampler(len(images), batch_size, shuffle=False)
     for idx in tqdm(sampler, desc=desc, unit="batch", leave=False, disable=None if (progress and len(sampler) >= 4) else True):
         batch_views = None if views is None else Views(views.boxes[idx], views.flips[idx])
