@@ -49,11 +49,10 @@ print("RUSAGE " + json.dumps({"rc": rc, "seconds": round(seconds, 2), "maxrss_kb
 """
 
 
-def draw(args: tuple[int, int, Path]) -> None:
-    """One 256x256 JPEG of class `c`: a random-coloured shape of random size and place on coloured noise."""
+def draw_image(index: int, c: int, size: int = 256):  # noqa: ANN201 - a PIL image
+    """A `size`-px RGB image of class `c`: a random-coloured shape of random size and place on coloured noise."""
     from PIL import Image, ImageDraw
 
-    index, c, path = args
     rng = np.random.default_rng(index)
     img = Image.fromarray(rng.integers(0, 90, (256, 256, 3), dtype=np.uint8))
     d = ImageDraw.Draw(img)
@@ -86,7 +85,13 @@ def draw(args: tuple[int, int, Path]) -> None:
     else:
         for k in range(-r, r, 18):
             d.line((cx - r, cy + k, cx + r, cy + k + r), fill=colour, width=6)
-    img.save(path, quality=90)
+    return img if size == 256 else img.resize((size, size), Image.Resampling.BICUBIC)
+
+
+def draw(args: tuple[int, int, Path]) -> None:
+    """One 256x256 JPEG (quality 90) of class `c` at `path`."""
+    index, c, path = args
+    draw_image(index, c).save(path, quality=90)
 
 
 def make_data(root: Path, full_images: int) -> None:

@@ -2,7 +2,7 @@
 
 Run: .venv/bin/python benchmarks/fault_injection.py [--trials 20] [--seed 0] [--out benchmarks/results/fault_injection]
 
-A small synthetic folder dataset (3 shape classes, 40 training and 15 test images per class, PNG) and a run of
+A small synthetic folder dataset (3 shape classes, 40 training and 15 test 32-px PNGs per class) and a run of
 every stage (teacher linear probe + finetune, teacher-output cache with 2 views, distillation, finetune,
 scratch baseline) with small models. One uninterrupted run gives the reference metrics. Each trial starts the
 same run in a fresh output folder and a fresh image-store folder, sends SIGKILL after a random delay drawn
@@ -24,29 +24,19 @@ import time
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 
 def make_data(root: Path) -> None:
-    """Bars, circles and crosses on noise, 20x20 RGB PNGs."""
+    """Three classes of `data_scale`'s synthetic shapes (circle, square, triangle) as 32-px PNGs."""
+    from data_scale import draw_image  # this folder's module
+
     if (root / "done").is_file():
         return
-    rng = np.random.default_rng(0)
-    for split, n in (("train", 40), ("test", 15)):
-        for kind in ("bars", "circle", "cross"):
+    for split, n, offset in (("train", 40, 0), ("test", 15, 1_000_000)):
+        for c, kind in enumerate(("circle", "square", "triangle")):
             (root / split / kind).mkdir(parents=True, exist_ok=True)
             for i in range(n):
-                img = rng.integers(0, 60, (20, 20, 3)).astype(np.uint8)
-                c = 10 + rng.integers(-2, 3, 2)
-                yy, xx = np.mgrid[:20, :20]
-                if kind == "bars":
-                    mask = (xx % 6 < 3) & (abs(yy - c[0]) < 7)
-                elif kind == "circle":
-                    mask = ((yy - c[0]) ** 2 + (xx - c[1]) ** 2) < 30
-                else:
-                    mask = (abs(yy - c[0]) < 2) | (abs(xx - c[1]) < 2)
-                img[mask] = rng.integers(150, 255, 3)
-                Image.fromarray(img).save(root / split / kind / f"{i:03d}.png")
+                draw_image(offset + 3 * i + c, c, size=32).save(root / split / kind / f"{i:03d}.png")
     (root / "done").write_text("ok\n")
 
 

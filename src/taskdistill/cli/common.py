@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 from taskdistill.config.load import load_config
 from taskdistill.config.schema import RunConfig
@@ -49,3 +50,18 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         else:
             raise ConfigError(f"config '{path}' is neither a file nor a shipped config ({', '.join(sorted(shipped))})")
     return load_config(RunConfig, path, overrides)
+
+
+def config_for_checkpoint(args: argparse.Namespace, meta: dict[str, Any]) -> RunConfig:
+    """The config named on the command line; without one, the config recorded in the checkpoint (the data it
+    was trained on), with the command line's --set overrides applied."""
+    if args.config is None and meta.get("config"):
+        import copy
+
+        from taskdistill.config.load import apply_overrides, from_dict
+
+        overrides = list(args.overrides)
+        if getattr(args, "on_bad_image", None):
+            overrides.append(f"data.on_bad_image={args.on_bad_image}")
+        return from_dict(RunConfig, apply_overrides(copy.deepcopy(meta["config"]), overrides))
+    return config_from_args(args)

@@ -15,7 +15,7 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from taskdistill.cli.common import add_config_args
+from taskdistill.cli.common import add_config_args, config_for_checkpoint
 
 if TYPE_CHECKING:
     import torch
@@ -38,19 +38,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--check-images", type=int, default=1000, help="test images the export is checked on")
     p.add_argument("--calibration-images", type=int, default=256, help="int8: transfer images to calibrate on")
     p.set_defaults(func=export)
-
-
-def checkpoint_config(args: argparse.Namespace, meta: dict[str, Any]) -> RunConfig:
-    """The config given on the command line, else the one recorded in the checkpoint (plus --set)."""
-    import copy
-
-    from taskdistill.cli.common import config_from_args
-    from taskdistill.config.load import apply_overrides, from_dict
-    from taskdistill.config.schema import RunConfig
-
-    if args.config is None and meta.get("config"):
-        return from_dict(RunConfig, apply_overrides(copy.deepcopy(meta["config"]), list(args.overrides)))
-    return config_from_args(args)
 
 
 def check_images(cfg: RunConfig, meta: dict[str, Any], n: int) -> tuple[Images, torch.Tensor | None]:
@@ -111,7 +98,7 @@ def export(args: argparse.Namespace) -> int:
     set_threads(None)
     model, meta = load_checkpoint(args.checkpoint)
     model = model.eval()
-    cfg = checkpoint_config(args, meta)
+    cfg = config_for_checkpoint(args, meta)
     uint8 = bool(args.with_preprocessing)
     if (uint8 or args.quantize) and args.format != "onnx":
         raise TaskDistillError("--with-preprocessing and --quantize are options of --format onnx")

@@ -7,7 +7,7 @@ import argparse
 import json
 from typing import TYPE_CHECKING
 
-from taskdistill.cli.common import add_config_args, config_from_args
+from taskdistill.cli.common import add_config_args, config_for_checkpoint, config_from_args
 
 if TYPE_CHECKING:
     import torch
@@ -59,22 +59,13 @@ def _stage_verb(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    import copy
-
-    from taskdistill.config.load import apply_overrides, from_dict
-    from taskdistill.config.schema import RunConfig
     from taskdistill.engine.checkpoint import decode_policy_of, load_checkpoint, read_meta
     from taskdistill.engine.device import resolve_device, set_threads
     from taskdistill.pipelines.prepare import decode_policy_for, load_task_data
     from taskdistill.pipelines.stages import evaluate_model
 
     meta = read_meta(args.checkpoint)
-    if args.config is None and meta.get("config"):
-        # no config given: the data the checkpoint was trained on (its recorded config), plus --set overrides
-        overrides = list(args.overrides) + ([f"data.on_bad_image={args.on_bad_image}"] if args.on_bad_image else [])
-        cfg = from_dict(RunConfig, apply_overrides(copy.deepcopy(meta["config"]), overrides))
-    else:
-        cfg = config_from_args(args)
+    cfg = config_for_checkpoint(args, meta)  # no config given: the data the checkpoint was trained on
     set_threads(cfg.num_threads)
     device = resolve_device(cfg.device)
     if cfg.task == "segmentation" or meta.get("task") == "segmentation":

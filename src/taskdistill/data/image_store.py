@@ -35,6 +35,7 @@ import numpy as np
 from taskdistill.data.decode import DECODER_VERSION, DecodePolicy
 from taskdistill.data.store_decode import decode_into, usable_cores
 from taskdistill.errors import DataError
+from taskdistill.folders import unwritable_reason
 from taskdistill.version import __version__
 
 STORE_FORMAT = "taskdistill-image-store/1"
@@ -201,14 +202,10 @@ def _locked(lock_path: Path, what: str) -> Iterator[None]:
 
 
 def _check_writable(root: Path) -> None:
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-        probe = root / f".write-test-{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as e:
-        raise DataError(f"the image store folder '{root}' is not writable ({e.strerror or e}). Point data.store_dir "
-                        f"(or ${CACHE_ENV}) at a writable folder.") from None
+    reason = unwritable_reason(root)
+    if reason is not None:
+        raise DataError(f"the image store folder '{root}' is not writable ({reason}). Point data.store_dir "
+                        f"(or ${CACHE_ENV}) at a writable folder.")
 
 
 def _reserve(fd: int, size: int, root: Path) -> None:

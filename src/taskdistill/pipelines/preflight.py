@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 
 from taskdistill.errors import DataError
+from taskdistill.folders import unwritable_reason
 
 _MB = 1 << 20
 
@@ -17,13 +17,9 @@ def _human(n: float) -> str:
 
 def folder_problem(path: Path, key: str, need_bytes: int) -> str | None:
     """Why `path` (the config key `key`) cannot take `need_bytes` of output, or None."""
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        probe = path / f".write-test-{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as e:
-        return f"{key} '{path}' is not writable ({e.strerror or e}): point {key} at a writable folder"
+    reason = unwritable_reason(path)
+    if reason is not None:
+        return f"{key} '{path}' is not writable ({reason}): point {key} at a writable folder"
     free = shutil.disk_usage(path).free
     if free < need_bytes:
         return (f"{key} '{path}' has {_human(free)} free, the run needs about {_human(need_bytes)} there: free "
