@@ -67,7 +67,9 @@ def load_image_files(locations: Sequence[str], labels: Sequence[int], ids: Seque
         fixes = ["Fix or remove them."] + ([f"Or: {SKIP_BAD}."] if failing else [])
         raise DataError("\n".join(head + fixes))
     rows = store_rows(info)
-    keep_rows = np.array([r for r in range(len(present)) if r not in info.bad], dtype=np.int64)
+    readable = np.ones(len(present), dtype=bool)
+    readable[np.fromiter(info.bad, dtype=np.int64, count=len(info.bad))] = False
+    keep_rows = np.flatnonzero(readable)
     if len(keep_rows) == 0:
         raise DataError(f"no readable images in {description} ({len(bad) + len(missing)} unreadable or missing)")
     keep = [present[r] for r in keep_rows.tolist()]
