@@ -241,3 +241,25 @@ def test_workers_do_not_rerun_a_script_without_a_main_guard(tmp_path):
     proc = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.count("SCRIPT RAN") == 1 and "WORKERS 2 0" in proc.stdout
+
+
+def test_two_replies_arriving_together_are_both_read(tmp_path):
+    """A worker that answers two chunks in one write: both replies come out of one wait (a buffered readline
+    once kept the second in Python's buffer, invisible to select, and the build hung)."""
+    import selectors
+
+    reply = '{"rows": [%d], "crcs": [0], "bad": {}, "rss_kb": 1}\n'
+    script = f"import sys, time; sys.stdout.write({reply % 0!r} + {reply % 1!r}); sys.stdout.flush(); time.sleep(30)"
+    pool = store_decode._Workers.__new__(store_decode._Workers)
+    pool.procs = [subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                   bufsize=0)]
+    pool.depth, pool.busy, pool.pending_bytes = 2, [2], [bytearray()]
+    pool.selector = selectors.DefaultSelector()
+    pool.selector.register(pool.procs[0].stdout, selectors.EVENT_READ, 0)
+    try:
+        time.sleep(0.5)  # both lines are in the pipe before the first wait
+        got = list(pool.replies())  # one wait: the second reply must not be left behind
+        assert [r[0] for r in got] == [[0], [1]] and pool.pending == 0
+    finally:
+        pool.procs[0].kill()
+        pool.close()

@@ -123,9 +123,10 @@ class _Workers:
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH"))
                                                            if p)}
         self.procs = [subprocess.Popen([sys.executable, "-m", "taskdistill.data.store_decode"], env=env,
-                                       stdin=subprocess.PIPE, stdout=subprocess.PIPE) for _ in range(n)]
+                                       stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0) for _ in range(n)]
         self.depth = depth
         self.busy = [0] * n
+        self.pending_bytes = [bytearray() for _ in range(n)]  # what each worker wrote after its last full line
         self.selector = selectors.DefaultSelector()
         for i, p in enumerate(self.procs):
             self.selector.register(p.stdout, selectors.EVENT_READ, i)  # type: ignore[arg-type]
@@ -141,18 +142,25 @@ class _Workers:
         self.busy[i] += 1
 
     def replies(self) -> Iterator[tuple[list[int], list[int], dict[int, str], int]]:
-        """Replies that are ready (waits for at least one); raises if a worker failed or died."""
+        """Replies that are ready (waits for at least one); raises if a worker failed or died.
+
+        Reads the pipes' raw descriptors and splits lines here: a buffered `readline` could pull two replies
+        into Python's buffer and leave the second there, unseen by `select`, waiting forever."""
         for key, _ in self.selector.select():
             i = key.data
-            line = self.procs[i].stdout.readline()  # type: ignore[union-attr]
-            if not line:
+            data = os.read(self.procs[i].stdout.fileno(), 1 << 16)  # type: ignore[union-attr]
+            if not data:
                 code = self.procs[i].wait()
                 raise DataError(f"an image decoding worker exited unexpectedly (exit code {code}); its error is above")
-            reply = json.loads(line)
-            if "error" in reply:
-                raise OSError(reply["errno"], reply["error"])
-            self.busy[i] -= 1
-            yield reply["rows"], reply["crcs"], {int(k): v for k, v in reply["bad"].items()}, reply["rss_kb"]
+            self.pending_bytes[i] += data
+            while b"\n" in self.pending_bytes[i]:
+                line, _, rest = bytes(self.pending_bytes[i]).partition(b"\n")
+                self.pending_bytes[i] = bytearray(rest)
+                reply = json.loads(line)
+                if "error" in reply:
+                    raise OSError(reply["errno"], reply["error"])
+                self.busy[i] -= 1
+                yield reply["rows"], reply["crcs"], {int(k): v for k, v in reply["bad"].items()}, reply["rss_kb"]
 
     @property
     def pending(self) -> int:
