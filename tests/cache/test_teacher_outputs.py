@@ -293,3 +293,23 @@ def test_an_interrupted_build_with_an_unreadable_record_starts_over(tmp_path, ca
     assert "cannot be continued" in capsys.readouterr().err
     whole, _ = cached_teacher_outputs(teacher(), data, 2, 0, tmp_path / "whole", batch_size=5)
     assert np.array_equal(np.load(folder / "values.npy"), np.asarray(whole.values))
+
+
+def test_two_builders_of_one_entry_build_it_once(tmp_path, capsys):
+    """Two callers (threads here; processes alike: the lock is a flock on <key>.lock) ask for the same entry
+    at once: one computes, the other waits and reads it."""
+    import threading
+
+    data, t = tiny_set(), teacher()
+    results: list[dict] = []
+
+    def build() -> None:
+        results.append(cached_teacher_outputs(t, data, 2, 0, tmp_path, batch_size=4)[1])
+
+    threads = [threading.Thread(target=build) for _ in range(2)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert sorted(r["hit"] for r in results) == [False, True]
+    assert sum(r["teacher_images"] for r in results) == 2 * len(data)

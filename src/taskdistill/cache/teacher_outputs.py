@@ -21,6 +21,7 @@ process's build (same batches, same device type and thread count).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -45,6 +46,7 @@ from taskdistill.engine import distributed
 from taskdistill.engine.atomic import write_json
 from taskdistill.engine.batches import EpochSampler, inference_batch_size
 from taskdistill.errors import ConfigError, DataError
+from taskdistill.folders import exclusive_lock
 
 CACHE_FORMAT = "teacher-outputs/2"
 OutputKind = str  # "logits" or "features" for a plain teacher; a teacher with `cache_outputs` names its own
@@ -422,22 +424,26 @@ def cached_teacher_outputs(teacher: nn.Module, transfer: ImageSet, num_views: in
     key = cache_key(teacher, transfer, num_views, view_seed, kind, storage)
     root = Path(cache_dir) / "teacher_outputs"
     final, partial = root / key, root / f"{key}.partial"
-    hit = distributed.on_main(lambda: _usable(final))
-    seconds, computed = 0.0, 0
-    if not hit:
-        start = time.perf_counter()
-        size = getattr(getattr(teacher, "preprocess", None), "input_size", 0)
-        computed, num_outputs = build_teacher_outputs(teacher, transfer, num_views, view_seed, partial,
-                                                      inference_batch_size(batch_size, size, device), device, kind,
-                                                      storage)
-        seconds = time.perf_counter() - start
-        meta = {
-            "format": CACHE_FORMAT, "key": key, "kind": kind, "num_images": len(transfer), "num_views": num_views,
-            "num_outputs": num_outputs, "storage": storage.key_parts(),
-            "temperature": storage.temperature if storage.format == "topk" else None,
-            "teacher": teacher.spec.to_dict() if hasattr(teacher, "spec") else type(teacher).__name__,
-            "seconds": seconds}
-        distributed.on_main(lambda: _finish_build(partial, final, meta))
+    # one builder per entry: another process asking for the same outputs waits, then reads them (rank 0 locks)
+    lock = exclusive_lock(root / f"{key}.lock", f"the teacher-output cache {final}") if distributed.is_main() \
+        else contextlib.nullcontext()
+    with lock:
+        hit = distributed.on_main(lambda: _usable(final))
+        seconds, computed = 0.0, 0
+        if not hit:
+            start = time.perf_counter()
+            size = getattr(getattr(teacher, "preprocess", None), "input_size", 0)
+            computed, num_outputs = build_teacher_outputs(teacher, transfer, num_views, view_seed, partial,
+                                                          inference_batch_size(batch_size, size, device), device, kind,
+                                                          storage)
+            seconds = time.perf_counter() - start
+            meta = {
+                "format": CACHE_FORMAT, "key": key, "kind": kind, "num_images": len(transfer), "num_views": num_views,
+                "num_outputs": num_outputs, "storage": storage.key_parts(),
+                "temperature": storage.temperature if storage.format == "topk" else None,
+                "teacher": teacher.spec.to_dict() if hasattr(teacher, "spec") else type(teacher).__name__,
+                "seconds": seconds}
+            distributed.on_main(lambda: _finish_build(partial, final, meta))
     distributed.check_visible(final / "meta.json", "teacher-output cache")
     outputs = TeacherOutputs.open(final)
     if outputs.shape[:2] != (len(transfer), num_views):  # the key covers both: only a hash collision gets here

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import hashlib
 import json
 import os
@@ -25,7 +24,7 @@ import shutil
 import sys
 import time
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,7 +34,7 @@ import numpy as np
 from taskdistill.data.decode import DECODER_VERSION, DecodePolicy
 from taskdistill.data.store_decode import decode_into, usable_cores
 from taskdistill.errors import DataError
-from taskdistill.folders import unwritable_reason
+from taskdistill.folders import exclusive_lock, unwritable_reason
 from taskdistill.version import __version__
 
 STORE_FORMAT = "taskdistill-image-store/1"
@@ -186,21 +185,6 @@ def read_store(path: Path) -> StoreInfo:
     return info
 
 
-@contextlib.contextmanager
-def _locked(lock_path: Path, what: str) -> Iterator[None]:
-    """Hold an exclusive lock on `lock_path` (released by the OS if the process dies)."""
-    with open(lock_path, "a+") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            print(f"image store: waiting for another process to finish building {what}", file=sys.stderr, flush=True)
-            fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
 def _check_writable(root: Path) -> None:
     reason = unwritable_reason(root)
     if reason is not None:
@@ -279,7 +263,7 @@ def open_store(sources: Sequence[SourceFile], policy: DecodePolicy, root: Path |
     _check_writable(root)
     key = store_key(policy, sources)
     final, partial = root / key, root / f"{key}.partial"
-    with _locked(root / f"{key}.lock", f"{description} ({final})"):
+    with exclusive_lock(root / f"{key}.lock", f"the image store of {description} ({final})"):
         if final.exists():
             try:
                 info = read_store(final)
@@ -333,7 +317,7 @@ def remove_store(path: Path) -> int:
     """Delete a store folder (and its lock file); returns the bytes freed."""
     freed = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
     key = path.name.removesuffix(".partial")
-    with _locked(path.parent / f"{key}.lock", str(path)):
+    with exclusive_lock(path.parent / f"{key}.lock", str(path)):
         shutil.rmtree(path, ignore_errors=True)
     with contextlib.suppress(OSError):
         (path.parent / f"{key}.lock").unlink()
