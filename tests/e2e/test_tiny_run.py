@@ -53,7 +53,7 @@ def test_existing_folder_needs_resume_or_force_and_resume_skips_finished_stages(
 
 def test_second_run_reuses_the_teacher_output_cache(shapes_dataset, tmp_path):
     run_task_oriented(cfg_for(shapes_dataset, tmp_path))
-    result = run_task_oriented(cfg_for(shapes_dataset, tmp_path, "name=again", "student.model.input_size=20"))
+    result = run_task_oriented(cfg_for(shapes_dataset, tmp_path, "name=again", "distill.train.epochs=2"))
     info = json.loads((result.path / "metrics.json").read_text())["stages"]["student_distilled"]
     # The teacher finetune is deterministic on CPU, so the same teacher hits the same cache entry.
     assert info["cache"]["hit"] and info["teacher_images"] == 0

@@ -9,6 +9,7 @@ from torch import nn
 from taskdistill.config import RunConfig, load_config
 from taskdistill.engine.compute import count_parameters
 from taskdistill.engine.device import resolve_device
+from taskdistill.errors import ConfigError
 from taskdistill.models.registry import create_model
 from taskdistill.pipelines import methods as methods_mod
 from taskdistill.pipelines.methods import Cell
@@ -111,6 +112,6 @@ def test_no_prompt_and_a_fixed_map_train_nothing(shapes_dataset, tmp_path):
 
 
 def test_a_pad_that_does_not_fit_names_the_fix(shapes_dataset, tmp_path):
-    cfg = tiny_cfg(shapes_dataset, tmp_path, "tdmr.pad=8")
-    with pytest.raises(ValueError, match=r"set tdmr.pad between 1 and 7"):
-        methods_mod.METHODS["tdmr"](make_cell(cfg, tmp_path))
+    # rejected when the config is read, before any work (config/ranges.py), naming both keys and the fix
+    with pytest.raises(ConfigError, match=r"tdmr.pad=8, teacher.model.input_size=16: .*set tdmr.pad below half"):
+        tiny_cfg(shapes_dataset, tmp_path, "tdmr.pad=8")
