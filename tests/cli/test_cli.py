@@ -45,3 +45,13 @@ def test_predict_missing_image_is_a_clear_error(tmp_path, capsys):
     assert main(["predict", str(tmp_path / "ck"), str(tmp_path / "red.png"), "--top-k", "2"]) == 0
     out = capsys.readouterr().out
     assert out.startswith(str(tmp_path / "red.png")) and out.count("%") == 2
+
+
+def test_checkpoints_without_a_recorded_policy_are_decoded_as_they_were_trained(tmp_path):
+    from taskdistill.data.decode import DecodePolicy
+    from taskdistill.engine.checkpoint import decode_policy_of
+
+    meta = {"preprocess": {"input_size": 32}}
+    assert decode_policy_of(meta) == DecodePolicy(32, resize="squash", jpeg_draft=False)
+    assert decode_policy_of(meta, 64).size == 64
+    assert decode_policy_of({**meta, "decode": DecodePolicy(48).to_dict()}) == DecodePolicy(48)

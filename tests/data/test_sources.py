@@ -98,3 +98,11 @@ def test_three_bad_files_and_an_empty_class_are_reported_in_one_error(shapes_dat
                                    "cross/003.png", "data.on_empty_class=skip", "--on-bad-image skip"))
     data = load_dataset("folder", str(train), str(test), policy=16, on_bad_image="skip", on_empty_class="skip")
     assert data.class_names == ["bars", "circle", "cross"] and len(data.train) == 87 and len(data.train.skipped) == 3
+
+
+def test_a_folder_link_back_up_is_listed_once(shapes_dataset):
+    train, test = shapes_dataset
+    (train / "bars" / "up").symlink_to(train, target_is_directory=True)
+    data = load_dataset("folder", str(train), str(test), policy=16)
+    # bars/up leads to circle/ and cross/ (60 images, labelled bars) and back to bars/, already listed: no loop
+    assert len(data.train) == 90 + 60

@@ -73,6 +73,8 @@ def test_int8_export_reports_accuracy_and_latency(run_dir: Path, tmp_path: Path,
     q = json.loads((out / "export.json").read_text())["int8"]
     assert q["calibration_images"] == 16 and 0.0 <= q["int8_top1"] <= 1.0
     assert q["int8_onnx_latency"]["p50_ms"] > 0 and (out / "model.int8.onnx").stat().st_size > 0
+    assert main(["export", str(run_dir / "checkpoints" / "teacher"), "--out", str(out)]) == 0
+    assert not (out / "model.int8.onnx").exists()  # the other model's int8 file does not stay beside this one
 
 
 def test_a_mismatching_export_fails_and_writes_nothing(run_dir: Path, tmp_path: Path, capsys, monkeypatch) -> None:

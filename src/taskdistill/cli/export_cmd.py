@@ -25,6 +25,10 @@ if TYPE_CHECKING:
     from taskdistill.data.image_rows import Images
 
 
+EXPORT_FILES = ("model.onnx", "model.int8.onnx", "model.pt", "config.json", "model.safetensors", "README.md",
+                "export.json")
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("export", help="export a checkpoint to ONNX, a timm/Hugging Face folder or TorchScript, "
                                       "checked against PyTorch on real images")
@@ -45,14 +49,14 @@ def check_images(cfg: RunConfig, meta: dict[str, Any], n: int) -> tuple[Images, 
     import torch
 
     from taskdistill.engine.checkpoint import decode_policy_of
-    from taskdistill.pipelines.prepare import decode_policy_for, load_task_data
+    from taskdistill.pipelines.prepare import load_size_for, load_task_data
 
     if meta.get("task") == "segmentation" or cfg.task == "segmentation":
         from taskdistill.pipelines.seg_prepare import load_seg_task_data
 
         test = load_seg_task_data(cfg).test
         return test.images[: min(n, len(test))], None
-    policy = decode_policy_of(meta) or decode_policy_for(cfg.data, meta["preprocess"]["input_size"])
+    policy = decode_policy_of(meta, cfg.data.load_size or load_size_for(cfg))
     test = load_task_data(cfg.data, policy).test
     keep = torch.arange(min(n, len(test)))
     return test.images.select(keep), test.labels[keep]
@@ -149,6 +153,8 @@ def export(args: argparse.Namespace) -> int:
         (partial / "export.json").write_text(json.dumps(record, indent=2) + "\n")
         files.append("export.json")
         out.mkdir(parents=True, exist_ok=True)
+        for stale in set(EXPORT_FILES) - set(files):  # an earlier export's files would describe other weights
+            (out / stale).unlink(missing_ok=True)
         for f in files:
             os.replace(partial / f, out / f)
     finally:

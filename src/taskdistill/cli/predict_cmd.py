@@ -69,7 +69,7 @@ def predict(args: argparse.Namespace) -> int:
 
     import torch
 
-    from taskdistill.data.decode import DECODE_ERRORS, DecodePolicy
+    from taskdistill.data.decode import DECODE_ERRORS
     from taskdistill.data.sources import decode_image
     from taskdistill.data.store_decode import usable_cores
     from taskdistill.engine.checkpoint import decode_policy_of, load_checkpoint
@@ -86,7 +86,7 @@ def predict(args: argparse.Namespace) -> int:
     fmt = "json" if args.json else args.format
     paths = expand_inputs(args.images)
     # the checkpoint's own decode policy: a new image goes through the same pixel path as the training images
-    policy = decode_policy_of(meta) or DecodePolicy(int(meta["preprocess"]["input_size"]))
+    policy = decode_policy_of(meta)
     k = min(args.top_k, len(names))
     writer = _Writer(fmt, k)
     bad: list[tuple[Path, str]] = []

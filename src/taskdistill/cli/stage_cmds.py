@@ -61,7 +61,7 @@ def _stage_verb(args: argparse.Namespace) -> int:
 def _evaluate(args: argparse.Namespace) -> int:
     from taskdistill.engine.checkpoint import decode_policy_of, load_checkpoint, read_meta
     from taskdistill.engine.device import resolve_device, set_threads
-    from taskdistill.pipelines.prepare import decode_policy_for, load_task_data
+    from taskdistill.pipelines.prepare import load_size_for, load_task_data
     from taskdistill.pipelines.stages import evaluate_model
 
     meta = read_meta(args.checkpoint)
@@ -71,7 +71,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     if cfg.task == "segmentation" or meta.get("task") == "segmentation":
         return _evaluate_segmentation(args, cfg, device)
     # decode test images exactly as the checkpoint's training images were (its recorded policy)
-    policy = decode_policy_of(meta) or decode_policy_for(cfg.data, cfg.data.load_size or meta["preprocess"]["input_size"])
+    policy = decode_policy_of(meta, cfg.data.load_size or load_size_for(cfg))
     data = load_task_data(cfg.data, policy)
     model, _ = load_checkpoint(args.checkpoint, expect_classes=data.class_names)
     metrics = evaluate_model(model.to(device), data.test, device, cfg.eval_batch_size, "evaluate")

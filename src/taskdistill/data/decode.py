@@ -16,6 +16,7 @@ The policy is what an image store is keyed by and what a checkpoint records, so 
 from __future__ import annotations
 
 import math
+import struct
 from dataclasses import asdict, dataclass
 from typing import IO, Any, Literal
 
@@ -34,7 +35,8 @@ _RESAMPLE = {
 # Bumped whenever the same file and policy would give other pixels (part of every image store's key).
 DECODER_VERSION = 2
 # What a bad file raises while it is opened or decoded (the caller decides: fail naming it, or skip it).
-DECODE_ERRORS: tuple[type[BaseException], ...] = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
+DECODE_ERRORS: tuple[type[BaseException], ...] = (OSError, ValueError, SyntaxError, EOFError, struct.error,
+                                                 Image.DecompressionBombError)
 
 
 @dataclass(frozen=True)
@@ -74,6 +76,11 @@ class DecodePolicy:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @classmethod
+    def legacy(cls, size: int) -> DecodePolicy:
+        """How checkpoints written before decode policies were recorded saw their files: stretched, full decode."""
+        return cls(int(size), resize="squash", jpeg_draft=False)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> DecodePolicy:

@@ -15,7 +15,6 @@ reported and rebuilt. No torch here.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import hashlib
 import json
@@ -309,18 +308,17 @@ def list_stores(root: Path | None = None) -> tuple[list[StoreInfo], list[tuple[P
             good.append(read_store(d))
         except DamagedStore as e:
             bad.append((d, f"damaged: {e}"))
-    good.sort(key=lambda s: (s.path / MARKER).stat().st_mtime, reverse=True)
+    good.sort(key=lambda s: (s.path / MARKER).stat().st_mtime if (s.path / MARKER).is_file() else 0.0, reverse=True)
     return good, bad
 
 
 def remove_store(path: Path) -> int:
-    """Delete a store folder (and its lock file); returns the bytes freed."""
+    """Delete a store folder; returns the bytes freed. Its lock file stays: removing it would let a process
+    already waiting on the old file and a newcomer locking a new one both in."""
     freed = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
     key = path.name.removesuffix(".partial")
     with exclusive_lock(path.parent / f"{key}.lock", str(path)):
         shutil.rmtree(path, ignore_errors=True)
-    with contextlib.suppress(OSError):
-        (path.parent / f"{key}.lock").unlink()
     return freed
 
 

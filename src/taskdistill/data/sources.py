@@ -89,8 +89,13 @@ def image_files(folder: Path) -> list[str]:
     """Image files under `folder` (recursively, following links), in pathlib's order (by path components)."""
     found: list[tuple[list[str], str]] = []
     stack: list[tuple[str, list[str]]] = [(os.fspath(folder), [])]
+    seen: set[tuple[int, int]] = set()  # folders by (device, inode): a link back up is not followed twice
     while stack:
         where, parts = stack.pop()
+        st = os.stat(where)
+        if (st.st_dev, st.st_ino) in seen:
+            continue
+        seen.add((st.st_dev, st.st_ino))
         with os.scandir(where) as entries:
             for e in entries:
                 if e.is_dir():

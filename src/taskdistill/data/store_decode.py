@@ -122,8 +122,16 @@ class _Workers:
         package_root = str(Path(__file__).resolve().parents[2])  # the folder holding `taskdistill/`
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH"))
                                                            if p)}
-        self.procs = [subprocess.Popen([sys.executable, "-m", "taskdistill.data.store_decode"], env=env,
-                                       stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0) for _ in range(n)]
+        self.procs: list[subprocess.Popen] = []
+        try:
+            for _ in range(n):
+                self.procs.append(subprocess.Popen([sys.executable, "-m", "taskdistill.data.store_decode"], env=env,
+                                                   stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0))
+        except OSError:
+            for p in self.procs:
+                p.kill()
+                p.wait()
+            raise
         self.depth = depth
         self.busy = [0] * n
         self.pending_bytes = [bytearray() for _ in range(n)]  # what each worker wrote after its last full line
@@ -137,8 +145,13 @@ class _Workers:
         return i if self.busy[i] < self.depth else None
 
     def send(self, i: int, chunk: _Chunk) -> None:
-        self.procs[i].stdin.write((json.dumps(asdict(chunk)) + "\n").encode())  # type: ignore[union-attr]
-        self.procs[i].stdin.flush()  # type: ignore[union-attr]
+        try:
+            self.procs[i].stdin.write((json.dumps(asdict(chunk)) + "\n").encode())  # type: ignore[union-attr]
+            self.procs[i].stdin.flush()  # type: ignore[union-attr]
+        except BrokenPipeError:
+            code = self.procs[i].wait()
+            raise DataError(f"an image decoding worker exited unexpectedly (exit code {code}); its error is "
+                            f"above") from None
         self.busy[i] += 1
 
     def replies(self) -> Iterator[tuple[list[int], list[int], dict[int, str], int]]:

@@ -36,7 +36,7 @@ import torch
 from fsspec.core import url_to_fs
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from taskdistill.data.decode import DECODE_ERRORS
+from taskdistill.data.decode import DECODE_ERRORS, DecodePolicy
 from taskdistill.data.locations import IMAGE_SUFFIXES
 from taskdistill.data.sources import decode_image
 from taskdistill.engine.batches import Batch, part_start
@@ -130,7 +130,7 @@ class ShardStream:
     the image, 1 its mirror, v >= 2 a crop (`data.views.replay_views`), as for cached transfer sets.
     """
 
-    def __init__(self, urls: list[str], load_size: int, epoch_images: int, seed: int = 0, num_views: int = 1,
+    def __init__(self, urls: list[str], load_size: int | DecodePolicy, epoch_images: int, seed: int = 0, num_views: int = 1,
                  workers: int = 0, shuffle_buffer: int = 1000,
                  on_bad_image: Literal["fail", "skip"] = "fail") -> None:
         if not urls:

@@ -66,9 +66,13 @@ def _write_checkpoint(stem: Path, model: nn.Module, class_names: list[str], stag
     write_json(stem.with_suffix(".json"), meta)
 
 
-def decode_policy_of(meta: dict[str, Any]) -> DecodePolicy | None:
-    """The decode policy a checkpoint's training images were made with (None for older checkpoints)."""
-    return DecodePolicy.from_dict(meta["decode"]) if meta.get("decode") else None
+def decode_policy_of(meta: dict[str, Any], load_size: int | None = None) -> DecodePolicy:
+    """The decode policy a checkpoint's training images were made with. Older checkpoints did not record it:
+    they stretched files to `load_size` (the run's data.load_size, or the largest model input size; default
+    the model's own input size)."""
+    if meta.get("decode"):
+        return DecodePolicy.from_dict(meta["decode"])
+    return DecodePolicy.legacy(load_size or int(meta["preprocess"]["input_size"]))
 
 
 META_KEYS = ("model", "class_names", "preprocess")  # what `load_checkpoint` needs from the metadata

@@ -113,8 +113,10 @@ def build_transfer_set(task: TaskData, split: FewShotSplit, cfg: TransferConfig,
     return pool
 
 
-def stream_transfer_set(cfg: TransferConfig, seed: int, load_size: int, on_bad_image: str) -> ShardStream:
-    """A `wds:` transfer source as a stream: shards listed (and, without `epoch_images`, counted) by rank 0."""
+def stream_transfer_set(cfg: TransferConfig, seed: int, load_size: int | DecodePolicy,
+                        on_bad_image: str) -> ShardStream:
+    """A `wds:` transfer source as a stream: shards listed (and, without `epoch_images`, counted) by rank 0;
+    samples decoded by the run's decode policy (`load_size`), like the stored sets."""
     from taskdistill.data.streaming import ShardStream, count_images, expand_shards
 
     urls = distributed.on_main(lambda: expand_shards(cfg.source))
@@ -139,7 +141,7 @@ def prepare_data(cfg: RunConfig) -> PreparedData:
     split = few_shot_split(task.train.labels, task.class_names, split_seed, d.labels_per_class, d.max_per_class,
                            d.label_fraction, d.val_per_class)
     if cfg.distill.transfer.source.startswith("wds:"):
-        transfer: ImageSet | ShardStream = stream_transfer_set(cfg.distill.transfer, cfg.seed, size, d.on_bad_image)
+        transfer: ImageSet | ShardStream = stream_transfer_set(cfg.distill.transfer, cfg.seed, policy, d.on_bad_image)
     else:
         transfer = build_transfer_set(task, split, cfg.distill.transfer, split_seed, policy, d.on_bad_image,
                                       store=store)

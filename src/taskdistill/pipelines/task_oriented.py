@@ -125,7 +125,8 @@ def run_task_oriented(cfg: RunConfig, mode: Mode = "new", stages: Sequence[str] 
     init_state = {n: t.clone() for n, t in student.state_dict().items()}
     cache_dir = Path(cfg.distill.cache_dir or Path(cfg.output_dir) / ".cache")
     weights = 4 * (count_parameters(teacher) + 3 * count_parameters(student)) + (16 << 20)  # checkpoints, logs
-    cached = len(data.transfer) * cfg.distill.transfer.views * k * 2  # float16 teacher outputs, full storage
+    # float16 teacher outputs, full storage (an upper bound: an existing entry needs nothing)
+    cached = len(data.transfer) * cfg.distill.transfer.views * k * 2 if "student_distilled" in stages else 0
     check_output_folders({"output_dir": (Path(cfg.output_dir), weights),
                           "distill.cache_dir": (cache_dir, cached + (1 << 20))})
 
