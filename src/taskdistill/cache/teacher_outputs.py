@@ -10,7 +10,7 @@ format and the key changes. Layout under `<cache_dir>/teacher_outputs/`:
     <key>.partial/      a build in progress: the same arrays plus progress.json; an interrupted build
                         continues from its last recorded batch, and is renamed to <key>/ when complete
 
-An entry is checked whenever it is opened (`entry_problem`): a missing, truncated, unreadable or changed
+An entry is checked whenever it is opened (`entry_integrity.entry_problem`): a missing, truncated, unreadable or changed
 array, an unreadable meta.json, or NaN/inf values are named in one line on stderr, and the entry is deleted
 and rebuilt; a damaged entry never blocks a run. A build whose teacher gives NaN/inf is not cached at all.
 
@@ -28,7 +28,6 @@ import os
 import shutil
 import sys
 import time
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -39,6 +38,7 @@ import torch.distributed as dist
 from torch import nn
 from tqdm.auto import tqdm
 
+from taskdistill.cache.entry_integrity import array_records, discard, entry_problem, non_finite
 from taskdistill.cache.soft_labels import bytes_per_view, compress_topk, expand_topk
 from taskdistill.data.image_set import ImageSet
 from taskdistill.data.views import Views, model_input, replay_views
@@ -293,77 +293,6 @@ def build_teacher_outputs(teacher: nn.Module, transfer: ImageSet, num_views: int
     return computed, distributed.broadcast_object(num_outputs)
 
 
-ARRAYS = ("values.npy", "indices.npy")
-
-
-def _crc32(path: Path) -> int:
-    crc = 0
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            crc = zlib.crc32(block, crc)
-    return crc
-
-
-def _non_finite(values: np.ndarray, block_bytes: int = 1 << 24) -> int:
-    """How many NaN/inf values `values` holds, read about `block_bytes` at a time."""
-    rows = max(1, block_bytes // max(1, values[:1].nbytes))
-    return sum(int(np.count_nonzero(~np.isfinite(values[i:i + rows]))) for i in range(0, len(values), rows))
-
-
-def array_records(folder: Path) -> dict[str, dict[str, Any]]:
-    """Shape, dtype, size in bytes and CRC32 of each array file in `folder` (kept in meta.json)."""
-    out = {}
-    for name in ARRAYS:
-        if (folder / name).is_file():
-            arr = np.load(folder / name, mmap_mode="r")
-            out[name] = {"shape": list(arr.shape), "dtype": str(arr.dtype), "bytes": (folder / name).stat().st_size,
-                         "crc32": _crc32(folder / name)}
-    return out
-
-
-def entry_problem(folder: Path) -> str | None:
-    """Why the finished entry in `folder` cannot be used (None when it is sound): meta.json unreadable, an array
-    missing, truncated, unreadable, of another shape or changed since it was written, or NaN/inf values.
-    Entries written before sizes and checksums were recorded get every check but those."""
-    try:
-        meta = json.loads((folder / "meta.json").read_text())
-        expected = (int(meta["num_images"]), int(meta["num_views"]))
-        topk = meta["storage"]["format"] == "topk"
-        width = int(meta["num_outputs"]) if not topk else min(int(meta["storage"]["k"]), int(meta["num_outputs"]))
-        records = meta.get("arrays")
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        return f"meta.json is unreadable: {type(e).__name__}: {e}"
-    for name in ARRAYS if topk else ARRAYS[:1]:
-        try:
-            problem = _array_problem(folder / name, expected + (width,), records)
-        except (KeyError, TypeError, AttributeError) as e:
-            problem = f"meta.json's record of {name} is unreadable: {type(e).__name__}: {e}"
-        if problem:
-            return problem
-    return None
-
-
-def _array_problem(path: Path, shape: tuple[int, ...], records: dict[str, Any] | None) -> str | None:
-    """What is wrong with one array file of an entry, checked against its record in meta.json (if any)."""
-    name = path.name
-    if not path.is_file():
-        return f"{name} is missing"
-    record = records[name] if records is not None else None
-    if record is not None and path.stat().st_size != record["bytes"]:
-        return f"{name} has {path.stat().st_size} bytes, {record['bytes']} were written"
-    try:
-        arr = np.load(path, mmap_mode="r")
-    except (OSError, ValueError, EOFError) as e:
-        return f"{name} is unreadable: {e}"
-    if arr.shape != shape or (record is not None and str(arr.dtype) != record["dtype"]):
-        return f"{name} holds {arr.dtype} {arr.shape}, meta.json says {shape}"
-    if record is not None and _crc32(path) != record["crc32"]:
-        return f"{name} does not match its CRC32 (its bytes changed after it was written)"
-    if name == "values.npy" and (bad := _non_finite(arr)):
-        return f"{name} holds {bad} NaN/inf value(s)"
-    return None
-
-
 def _usable(final: Path) -> bool:
     """True when a sound finished entry is at `final`; a damaged one is named on stderr and removed (rank 0)."""
     if not final.exists():
@@ -373,25 +302,15 @@ def _usable(final: Path) -> bool:
         return True
     print(f"teacher-output cache entry {final} is damaged ({problem}); deleting it and rebuilding it",
           file=sys.stderr, flush=True)
-    _discard(final)
+    discard(final)
     return False
-
-
-def _discard(folder: Path) -> None:
-    """Move `folder` out of the way first (readers never see it half-deleted), then delete it."""
-    aside = folder.with_name(f"{folder.name}.damaged-{os.getpid()}")
-    try:
-        os.replace(folder, aside)
-    except FileNotFoundError:  # another process moved it first
-        return
-    shutil.rmtree(aside, ignore_errors=True)
 
 
 def _finish_build(partial: Path, final: Path, meta: dict[str, Any]) -> None:
     """Check the finished `<key>.partial`, record its arrays in meta.json and rename it to `<key>` (rank 0).
     Outputs with NaN/inf are not cached: DataError."""
     values = np.load(partial / "values.npy", mmap_mode="r")
-    bad, total = _non_finite(values), values.size
+    bad, total = non_finite(values), values.size
     del values
     if bad:
         shutil.rmtree(partial, ignore_errors=True)
@@ -405,7 +324,7 @@ def _finish_build(partial: Path, final: Path, meta: dict[str, Any]) -> None:
         shutil.rmtree(partial)
         return
     if final.exists():
-        _discard(final)
+        discard(final)
     os.replace(partial, final)
 
 
