@@ -5,14 +5,9 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+from taskdistill.data.image_store import human_bytes
 from taskdistill.errors import DataError
 from taskdistill.folders import unwritable_reason
-
-_MB = 1 << 20
-
-
-def _human(n: float) -> str:
-    return f"{n / _MB:,.0f} MB" if n < 1 << 30 else f"{n / (1 << 30):,.1f} GB"
 
 
 def folder_problem(path: Path, key: str, need_bytes: int) -> str | None:
@@ -22,7 +17,7 @@ def folder_problem(path: Path, key: str, need_bytes: int) -> str | None:
         return f"{key} '{path}' is not writable ({reason}): point {key} at a writable folder"
     free = shutil.disk_usage(path).free
     if free < need_bytes:
-        return (f"{key} '{path}' has {_human(free)} free, the run needs about {_human(need_bytes)} there: free "
+        return (f"{key} '{path}' has {human_bytes(free)} free, the run needs about {human_bytes(need_bytes)} there: free "
                 f"space or point {key} at a larger disk")
     return None
 
