@@ -23,7 +23,6 @@ from typing import Literal
 import torch
 
 from taskdistill.data.decode import DECODE_ERRORS as _DECODE_ERRORS
-from taskdistill.data.decode import DecodePolicy
 from taskdistill.data.locations import (  # noqa: F401 - parse_location, split_key: part of this module's API
     IMAGE_SUFFIXES,
     UNKNOWN_SOURCE,
@@ -60,24 +59,6 @@ class PoolBatch:
     ok: list[bool]
 
 
-def decode_bytes(data: bytes, policy: DecodePolicy | int) -> torch.Tensor:
-    """Encoded image bytes -> uint8 `[C, S, S]`, decoded exactly like a task image file."""
-    return decode_image(io.BytesIO(data), policy)
-
-
-class _Reader:
-    """Decodes locations, keeping tar shards open across calls (close it when done)."""
-
-    def __init__(self) -> None:
-        self._reader = LocationReader()
-
-    def read(self, location: str, policy: DecodePolicy | int, base: Path | None = None) -> torch.Tensor:
-        return decode_bytes(self._reader.read_bytes(location, base), policy)
-
-    def close(self) -> None:
-        self._reader.close()
-
-
 class ImagePool:
     """An ordered list of pool entries and the means to decode them in batches."""
 
@@ -108,7 +89,7 @@ class ImagePool:
                 on_bad_image: Literal["fail", "skip"] = "fail") -> Iterator[PoolBatch]:
         """Decode entries `start .. stop` in order, `batch_size` at a time, to uint8 `[B, 3, size, size]`."""
         stop = len(self.entries) if stop is None else min(stop, len(self.entries))
-        reader = _Reader()
+        reader = LocationReader()
         try:
             for b0 in range(start, stop, batch_size):
                 chunk = self.entries[b0: min(b0 + batch_size, stop)]
@@ -116,7 +97,7 @@ class ImagePool:
                 ok = []
                 for i, e in enumerate(chunk):
                     try:
-                        out[i] = reader.read(e.location, size)
+                        out[i] = decode_image(io.BytesIO(reader.read_bytes(e.location)), size)
                         ok.append(True)
                     except DECODE_ERRORS as err:
                         if on_bad_image == "fail":
