@@ -70,3 +70,16 @@ def tiny_overrides(train: Path, test: Path, out: Path) -> list[str]:
         "student.pretrained_finetune.batch_size=8", "feature_distill.train.epochs=1",
         "tdmr.reprogram.epochs=1", "tdmr.reprogram.min_steps=0", "tdmr.distill.epochs=1", "tdmr.evaluate_teacher=false",
     ]
+
+
+def make_cell(cfg, tmp_path: Path):
+    """A sweep-style grid cell of `cfg` on the CPU (teachers stored under `tmp_path/teachers`)."""
+    from taskdistill.engine.device import resolve_device
+    from taskdistill.kinds import kind_of
+    from taskdistill.pipelines.cell import Cell
+    from taskdistill.pipelines.sweep import SweepStages
+
+    kind = kind_of(cfg)
+    data = kind.prepare(cfg)
+    return Cell(cfg, kind, data, resolve_device("cpu"), tmp_path / "cache",
+                SweepStages(cfg, kind, data, tmp_path / "teachers"))

@@ -2,15 +2,16 @@
 
 The Python API mirrors the CLI:
 
-    from taskdistill import RunConfig, load_config, run_task_oriented, run_sweep
+    from taskdistill import RunConfig, load_config, run, run_sweep
     cfg = load_config(RunConfig, "my.yaml", ["distill.temperature=4"])
-    result = run_task_oriented(cfg)          # taskdistill run my.yaml --set distill.temperature=4
+    result = run(cfg)                        # taskdistill run my.yaml --set distill.temperature=4
+    records = run_sweep(cfg, ["task-oriented", "scratch"], budgets=[10], seeds=[0, 1, 2], folder="sweeps/t4")
 """
 
 from taskdistill.version import __version__
 
 __all__ = ["RunConfig", "__version__", "create_model", "create_student", "create_teacher", "load_checkpoint",
-           "load_config", "run_sweep", "run_task_oriented"]
+           "load_config", "run", "run_sweep", "run_task_oriented"]
 
 
 def __getattr__(name: str):  # lazy, so `import taskdistill` stays cheap
@@ -26,10 +27,10 @@ def __getattr__(name: str):  # lazy, so `import taskdistill` stays cheap
         from taskdistill.engine.checkpoint import load_checkpoint
 
         return load_checkpoint
-    if name == "run_task_oriented":
-        from taskdistill.pipelines.task_oriented import run_task_oriented
+    if name in ("run", "run_task_oriented"):  # run_task_oriented: the name before `run.methods`
+        from taskdistill.pipelines.run import run
 
-        return run_task_oriented
+        return run
     if name == "run_sweep":
         from taskdistill.pipelines.sweep import run_sweep
 

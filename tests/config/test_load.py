@@ -14,13 +14,13 @@ def test_defaults_match_the_shipped_default_yaml():
 def test_yaml_then_overrides_merge_and_keep_other_defaults(tmp_path):
     f = tmp_path / "c.yaml"
     f.write_text("name: x\nteacher:\n  model: {input_size: 128}\ndistill: {temperature: 3}\n")
-    cfg = load_config(RunConfig, f, ["distill.temperature=5", "student.model.name=mobilevitv2_050", "baselines=scratch"])
+    cfg = load_config(RunConfig, f, ["distill.temperature=5", "student.model.name=mobilevitv2_050", "run.methods=scratch"])
     assert cfg.name == "x"
     assert cfg.teacher.model.input_size == 128
     assert cfg.teacher.model.name == "tf_efficientnet_lite2"  # not given: kept from the section's default
     assert cfg.distill.temperature == 5.0 and isinstance(cfg.distill.temperature, float)
     assert cfg.student.model.name == "mobilevitv2_050"
-    assert cfg.baselines == ["scratch"]
+    assert cfg.run.methods == ["scratch"]
 
 
 def test_null_override_clears_optional_value():

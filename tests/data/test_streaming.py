@@ -16,8 +16,8 @@ from taskdistill.data.streaming import ShardStream, count_images, expand_shards,
 from taskdistill.engine.loop import Schedule, fit
 from taskdistill.errors import ConfigError, DataError
 from taskdistill.models.registry import create_model
-from taskdistill.pipelines.prepare import prepare_data
-from taskdistill.pipelines.task_oriented import run_task_oriented
+from taskdistill.data.prepare import prepare_data
+from taskdistill.pipelines.run import run
 from taskdistill.tasks.online_distill import OnlineDistillTask
 from tests.conftest import CLASSES, draw, tiny_overrides
 from tests.distributed_helpers import run_ranks
@@ -89,18 +89,20 @@ def test_distill_stage_streams_shards_with_the_teacher_on_the_fly(shapes_dataset
     make_shards(tmp_path / "shards", 3, 10)
     over = tiny_overrides(train, test, tmp_path / "runs") + [f"distill.transfer.source=wds:{tmp_path / 'shards'}",
                                                             "distill.transfer.max_images=24", "distill.train.epochs=2",
-                                                            "distill.train.batch_size=8", "baselines=[]"]
+                                                            "distill.train.batch_size=8", "run.methods=[task-oriented]"]
     cfg = load_config(RunConfig, None, over)
     assert len(prepare_data(cfg).transfer) == 24  # 30 counted, capped at max_images
-    run_task_oriented(cfg, stages=("teacher", "student_distilled"))
+    run(cfg, only=("teacher", "student_distilled"))
     info = json.loads((tmp_path / "runs" / "tiny" / "run.json").read_text())["stages"]["student_distilled"]
-    assert info["steps"] == 6 and info["images"] == 48 and info["teacher_images"] == 48 and info["shards"] == 3
-    assert info["cache"]["mode"] == "teacher on the fly" and 0 <= info["test"]["top1"] <= 1
-    from taskdistill.pipelines.methods import Cell, task_agnostic
+    cost = info["cost"]
+    assert cost["fit"]["steps"] == 6 and cost["student_images"] == 48 and cost["teacher_images"] == 48
+    assert cost["details"]["shards"] == 3 and cost["details"]["cache"]["mode"] == "teacher on the fly"
+    assert 0 <= info["test"]["top1"] <= 1
+    from taskdistill.pipelines.methods import task_agnostic
+    from tests.conftest import make_cell
 
-    data = prepare_data(cfg)
     with pytest.raises(ConfigError, match="on the fly"):
-        task_agnostic(Cell(cfg, data, torch.device("cpu"), tmp_path / "c", tmp_path / "t"))
+        task_agnostic(make_cell(cfg, tmp_path))
 
 
 def stream_fit(urls: list[str]) -> dict:

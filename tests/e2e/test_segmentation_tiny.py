@@ -51,7 +51,7 @@ def test_run_folder_then_predict_writes_colour_coded_masks(tmp_path, shared_cach
     assert state["status"] == "complete"
     assert set(state["stages"]) == {"teacher", "student_distilled", "student", "scratch"}
     metrics = json.loads((run / "metrics.json").read_text())
-    assert metrics["task"] == "segmentation" and 0.0 <= metrics["rows"][0]["miou"] <= 1.0
+    assert metrics["task"] == "segmentation" and 0.0 <= metrics["rows"][0]["test"]["miou"] <= 1.0
     assert "mIoU" in (run / "report.md").read_text()
 
     rng = np.random.default_rng(0)

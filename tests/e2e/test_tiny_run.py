@@ -8,7 +8,7 @@ from taskdistill.cli.main import main
 from taskdistill.config import RunConfig, load_config
 from taskdistill.engine.checkpoint import load_checkpoint
 from taskdistill.errors import RunFolderError
-from taskdistill.pipelines.task_oriented import run_task_oriented
+from taskdistill.pipelines.run import run as run_task_oriented
 from tests.conftest import tiny_overrides
 
 
@@ -30,8 +30,8 @@ def test_full_run_writes_a_self_describing_folder(shapes_dataset, tmp_path):
         model, meta = load_checkpoint(run / "checkpoints" / stage, expect_classes=["bars", "circle", "cross"])
         assert meta["stage"] == stage and meta["config"]["name"] == "tiny"
     metrics = json.loads((run / "metrics.json").read_text())
-    distill = metrics["stages"]["student_distilled"]
-    assert distill["transfer_images"] == 40 - 0 and distill["teacher_images"] == 80  # 40 images x 2 views
+    distill = metrics["stages"]["student_distilled"]["cost"]
+    assert distill["details"]["transfer_images"] == 40 - 0 and distill["teacher_images"] == 80  # 40 images x 2 views
     assert [r["stage"] for r in result.rows] == ["teacher", "student_distilled", "student", "scratch"]
     assert "student after transfer" in (run / "report.md").read_text()
     assert not list(run.rglob("*.tmp"))
@@ -54,9 +54,9 @@ def test_existing_folder_needs_resume_or_force_and_resume_skips_finished_stages(
 def test_second_run_reuses_the_teacher_output_cache(shapes_dataset, tmp_path):
     run_task_oriented(cfg_for(shapes_dataset, tmp_path))
     result = run_task_oriented(cfg_for(shapes_dataset, tmp_path, "name=again", "distill.train.epochs=2"))
-    info = json.loads((result.path / "metrics.json").read_text())["stages"]["student_distilled"]
+    info = json.loads((result.path / "metrics.json").read_text())["stages"]["student_distilled"]["cost"]
     # The teacher finetune is deterministic on CPU, so the same teacher hits the same cache entry.
-    assert info["cache"]["hit"] and info["teacher_images"] == 0
+    assert info["details"]["cache"]["hit"] and info["teacher_images"] == 0
 
 
 def test_bad_input_leaves_no_run_folder(shapes_dataset, tmp_path, capsys):
@@ -86,7 +86,7 @@ def test_stage_verbs_in_order_equal_a_run(shapes_dataset, tmp_path):
 
 
 def test_validation_split_is_carved_from_the_labels_and_evaluated(shapes_dataset, tmp_path):
-    cfg = cfg_for(shapes_dataset, tmp_path, "data.val_per_class=1", "baselines=[]")
+    cfg = cfg_for(shapes_dataset, tmp_path, "data.val_per_class=1", "run.methods=[task-oriented]")
     result = run_task_oriented(cfg)
     metrics = json.loads((result.path / "metrics.json").read_text())
     assert metrics["data"]["labeled"] == 9 and metrics["data"]["val"] == 3

@@ -18,7 +18,7 @@ import torch
 from taskdistill.cli.main import main
 from taskdistill.config import RunConfig, load_config
 from taskdistill.engine.checkpoint import load_checkpoint
-from taskdistill.pipelines.task_oriented import run_task_oriented
+from taskdistill.pipelines.run import run as run_task_oriented
 from tests.conftest import make_folder, tiny_overrides
 
 pytest.importorskip("onnxruntime", reason="export extras: pip install 'taskdistill[export]'")

@@ -8,17 +8,15 @@ from torch import nn
 
 from taskdistill.config import RunConfig, load_config
 from taskdistill.engine.compute import count_parameters
-from taskdistill.engine.device import resolve_device
 from taskdistill.errors import ConfigError
 from taskdistill.models.registry import create_model
+from taskdistill.kinds import Classification
 from taskdistill.pipelines import methods as methods_mod
-from taskdistill.pipelines.methods import Cell
-from taskdistill.pipelines.prepare import prepare_data
-from taskdistill.pipelines.stages import build_model
+from taskdistill.pipelines.cell import Cell
 from taskdistill.pipelines.sweep import run_sweep
 from taskdistill.reprogram import MappedHead
 from taskdistill.reprogram.stages import reprogram_teacher
-from tests.conftest import tiny_overrides
+from tests.conftest import make_cell, tiny_overrides
 
 TDMR_FAST = [
     "tdmr.reprogram.epochs=2", "tdmr.reprogram.min_steps=0", "tdmr.reprogram.batch_size=6", "tdmr.ilm_period=1",
@@ -31,32 +29,31 @@ def tiny_cfg(shapes_dataset, tmp_path, *extra: str) -> RunConfig:
     return load_config(RunConfig, None, tiny_overrides(train, test, tmp_path / "runs") + TDMR_FAST + list(extra))
 
 
-def tiny_vit_build(cfg, num_classes: int) -> nn.Module:
+_build = Classification.build_model
+
+
+def tiny_vit_build(self, spec, num_classes: int, cfg) -> nn.Module:
     """`build_model` with a one-block ViT in place of a full-size one (config files cannot shrink a ViT)."""
-    if cfg.name.startswith("vit_"):
-        return create_model(cfg.name, num_classes, pretrained=False, input_size=cfg.input_size,
-                            img_size=cfg.input_size, patch_size=8, depth=1, embed_dim=32, num_heads=2)
-    return build_model(cfg, num_classes)
-
-
-def make_cell(cfg: RunConfig, tmp_path) -> Cell:
-    return Cell(cfg, prepare_data(cfg), resolve_device("cpu"), tmp_path / "cache", tmp_path / "teachers")
+    if spec.name.startswith("vit_"):
+        return create_model(spec.name, num_classes, pretrained=False, input_size=spec.input_size,
+                            img_size=spec.input_size, patch_size=8, depth=1, embed_dim=32, num_heads=2)
+    return _build(self, spec, num_classes, cfg)
 
 
 def test_tdmr_leaves_the_teacher_bit_identical_and_accounts_for_its_compute(shapes_dataset, tmp_path, monkeypatch):
     cfg = tiny_cfg(shapes_dataset, tmp_path, "tdmr.label_mapping=ilm")  # cnn models, padding prompt, progressive
     seen: dict[str, dict[str, torch.Tensor]] = {}
-    real = methods_mod._source_teacher
+    real = Cell.teacher
 
-    def spy(cell: Cell) -> nn.Module:
-        teacher = real(cell)
+    def spy(cell: Cell, num_classes: int | None = None) -> nn.Module:
+        teacher = real(cell, num_classes)
         seen["before"] = copy.deepcopy(teacher.state_dict())
         seen["teacher"] = teacher
         return teacher
 
-    monkeypatch.setattr(methods_mod, "_source_teacher", spy)
+    monkeypatch.setattr(Cell, "teacher", spy)
     cell = make_cell(cfg, tmp_path)
-    rec = methods_mod.METHODS["tdmr"](cell)
+    rec = methods_mod.METHODS["tdmr"](cell).to_json()
     before, after = seen["before"], seen["teacher"].state_dict()
     assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
     assert any(k.endswith("running_mean") for k in before)
@@ -78,7 +75,7 @@ def test_tdmr_leaves_the_teacher_bit_identical_and_accounts_for_its_compute(shap
 
 
 def test_tdmr_and_the_linear_probe_reference_run_in_a_sweep_with_a_vit(shapes_dataset, tmp_path, monkeypatch):
-    monkeypatch.setattr(methods_mod, "build_model", tiny_vit_build)
+    monkeypatch.setattr(Classification, "build_model", tiny_vit_build)
     cfg = tiny_cfg(shapes_dataset, tmp_path, "student.model.name=vit_tiny_patch16_224", "tdmr.schedule=joint")
     records = run_sweep(cfg, ["tdmr", "distill-linear-probe"], budgets=[3], seeds=[0], folder=tmp_path / "sweep")
     by = {r["method"]: r for r in records}
@@ -91,10 +88,10 @@ def test_tdmr_and_the_linear_probe_reference_run_in_a_sweep_with_a_vit(shapes_da
 
 
 def test_tdmr_with_a_vit_teacher_no_prompt_a_feature_map_and_one_shot(shapes_dataset, tmp_path, monkeypatch):
-    monkeypatch.setattr(methods_mod, "build_model", tiny_vit_build)
+    monkeypatch.setattr(Classification, "build_model", tiny_vit_build)
     cfg = tiny_cfg(shapes_dataset, tmp_path, "teacher.model.name=vit_tiny_patch16_224", "teacher.model.input_size=16",
                    "tdmr.prompt=none", "tdmr.label_mapping=linear-features", "tdmr.schedule=one-shot")
-    rec = methods_mod.METHODS["tdmr"](make_cell(cfg, tmp_path))
+    rec = methods_mod.METHODS["tdmr"](make_cell(cfg, tmp_path)).to_json()
     assert rec["teacher_model"] == "vit_tiny_patch16_224" and rec["tdmr"]["mapping"] is None
     assert rec["trainable_params"] == 32 * 3 + 3  # only the linear map on the ViT's 32-d features
     assert rec["teacher_images_detail"]["label_mapping_forward"] == 0
@@ -105,7 +102,7 @@ def test_tdmr_with_a_vit_teacher_no_prompt_a_feature_map_and_one_shot(shapes_dat
 def test_no_prompt_and_a_fixed_map_train_nothing(shapes_dataset, tmp_path):
     cfg = tiny_cfg(shapes_dataset, tmp_path, "tdmr.prompt=none", "tdmr.label_mapping=flm")
     cell = make_cell(cfg, tmp_path)
-    model, info = reprogram_teacher(methods_mod._source_teacher(cell), cell.data.labeled, cfg.tdmr, 0, cell.device)
+    model, info = reprogram_teacher(cell.teacher(cfg.tdmr.source_classes), cell.data.labeled, cfg.tdmr, 0, cell.device)
     assert info["steps"] == info["train_images"] == info["trainable_params"] == 0
     assert info["teacher_images"] == info["label_mapping_images"] == len(cell.data.labeled)  # the FLM map only
     assert len(set(info["mapping"])) == 3 and isinstance(model.head, MappedHead)

@@ -45,34 +45,31 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def check_images(cfg: RunConfig, meta: dict[str, Any], n: int) -> tuple[Images, torch.Tensor | None]:
-    """The first `n` test images of the checkpoint's data (decoded by its policy) and their labels."""
+    """The first `n` test images of the checkpoint's data (decoded by its policy) and their labels (None for
+    per-pixel tasks: those are compared on their logits only)."""
     import torch
 
-    from taskdistill.engine.checkpoint import decode_policy_of
-    from taskdistill.pipelines.prepare import load_size_for, load_task_data
+    from taskdistill.data.image_rows import take
+    from taskdistill.data.image_set import ImageSet
+    from taskdistill.kinds import kind_of_checkpoint
 
-    if meta.get("task") == "segmentation" or cfg.task == "segmentation":
-        from taskdistill.pipelines.seg_prepare import load_seg_task_data
-
-        test = load_seg_task_data(cfg).test
-        return test.images[: min(n, len(test))], None
-    policy = decode_policy_of(meta, cfg.data.load_size or load_size_for(cfg))
-    test = load_task_data(cfg.data, policy).test
+    test = kind_of_checkpoint(meta).test_set(cfg, meta)
     keep = torch.arange(min(n, len(test)))
-    return test.images.select(keep), test.labels[keep]
+    return take(test.images, keep), test.labels[keep] if isinstance(test, ImageSet) else None
 
 
-def calibration_images(cfg: RunConfig, n: int) -> Images:
+def calibration_images(cfg: RunConfig, meta: dict[str, Any], n: int) -> Images:
     """`n` transfer-set images (a seeded random choice), for int8 calibration."""
     import torch
 
+    from taskdistill.data.image_rows import take
     from taskdistill.data.image_set import ImageSet
-    from taskdistill.pipelines.prepare import prepare_data
+    from taskdistill.kinds import kind_of_checkpoint
 
-    data = prepare_data(cfg)
+    data = kind_of_checkpoint(meta).prepare(cfg)
     pool = data.transfer if isinstance(data.transfer, ImageSet) else data.labeled
     pick = torch.randperm(len(pool), generator=torch.Generator().manual_seed(0))[: min(n, len(pool))]
-    return pool.images.select(torch.sort(pick).values)
+    return take(pool.images, torch.sort(pick).values)
 
 
 def _export_model(model: nn.Module, meta: dict[str, Any], uint8: bool) -> tuple[nn.Module, torch.Tensor]:
@@ -148,7 +145,7 @@ def export(args: argparse.Namespace) -> int:
                 f"{parity.max_abs_diff:.2e} > {MAX_ABS_DIFF:g} or top-1 agreement "
                 f"{100 * parity.top1_agreement:.2f} % < 100 %); nothing was written to '{out}'")
         if args.quantize:
-            record["int8"] = _quantize(partial, model, cfg, images, labels, uint8, args.calibration_images)
+            record["int8"] = _quantize(partial, model, cfg, meta, images, labels, uint8, args.calibration_images)
             files.append("model.int8.onnx")
         (partial / "export.json").write_text(json.dumps(record, indent=2) + "\n")
         files.append("export.json")
@@ -163,7 +160,7 @@ def export(args: argparse.Namespace) -> int:
     return 0
 
 
-def _quantize(folder: Path, model: nn.Module, cfg: RunConfig, images: Images, labels: torch.Tensor | None,
+def _quantize(folder: Path, model: nn.Module, cfg: RunConfig, meta: dict[str, Any], images: Images, labels: torch.Tensor | None,
               uint8: bool, n_calibration: int) -> dict[str, Any]:
     """Write model.int8.onnx; its accuracy and batch-1 latency against the float32 ONNX model."""
     import torch
@@ -173,7 +170,7 @@ def _quantize(folder: Path, model: nn.Module, cfg: RunConfig, images: Images, la
     from taskdistill.export.parity import compare, exported_input
     from taskdistill.export.quantize import quantize_int8
 
-    calibration = calibration_images(cfg, n_calibration)
+    calibration = calibration_images(cfg, meta, n_calibration)
     quantize_int8(folder / "model.onnx", folder / "model.int8.onnx", model, calibration, uint8)
     fp32, int8 = OnnxModel(folder / "model.onnx"), OnnxModel(folder / "model.int8.onnx")
     q = compare(model, int8.run, images, uint8, labels)

@@ -19,24 +19,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 def prepare(args: argparse.Namespace) -> int:
     from taskdistill.data.image_store import human_bytes, store_summary
     from taskdistill.data.stored_sets import stores_of
+    from taskdistill.kinds import kind_of
 
     cfg = config_from_args(args)
     start = time.perf_counter()
-    if cfg.task == "segmentation":
-        from taskdistill.pipelines.seg_prepare import prepare_seg_data
-
-        data = prepare_seg_data(cfg)
-        counts = {"labeled": len(data.labeled), "val": len(data.val) if data.val is not None else 0,
-                  "transfer": len(data.transfer), "test": len(data.test)}
-        stores = stores_of(data.transfer)
-    else:
-        from taskdistill.data.image_set import ImageSet
-        from taskdistill.pipelines.prepare import prepare_data
-
-        data = prepare_data(cfg)
-        counts = data.summary()
-        transfer = data.transfer if isinstance(data.transfer, ImageSet) else None
-        stores = stores_of(data.labeled, data.val, transfer, data.test)
+    data = kind_of(cfg).prepare(cfg)
+    counts = data.summary()
+    stores = stores_of(data.labeled, data.val, data.transfer, data.test)  # type: ignore[arg-type]
     seconds = time.perf_counter() - start
     if args.json:
         print(json.dumps({"sets": counts, "seconds": round(seconds, 2), "stores": [store_summary(s) for s in stores]},

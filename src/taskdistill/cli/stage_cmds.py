@@ -5,14 +5,8 @@ from __future__ import annotations
 
 import argparse
 import json
-from typing import TYPE_CHECKING
 
 from taskdistill.cli.common import add_config_args, config_for_checkpoint, config_from_args
-
-if TYPE_CHECKING:
-    import torch
-
-    from taskdistill.config.schema import RunConfig
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -41,67 +35,39 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _stage_verb(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from taskdistill.pipelines.run import run
     from taskdistill.pipelines.run_folder import forget_stage
-    from taskdistill.pipelines.task_oriented import run_task_oriented
 
     cfg = config_from_args(args)
     folder = Path(cfg.output_dir) / cfg.name
     if args.redo:
         for stage in args.stages:
             forget_stage(folder, stage)
-    run = run_task_oriented
-    if cfg.task == "segmentation":
-        from taskdistill.pipelines.seg_run import run_segmentation as run
-    result = run(cfg, mode="resume", stages=args.stages, teacher_checkpoint=getattr(args, "teacher", None),
-                 student_checkpoint=getattr(args, "student", None))
+    given = {name: path for name, path in (("teacher", getattr(args, "teacher", None)),
+                                           ("student_distilled", getattr(args, "student", None))) if path}
+    result = run(cfg, mode="resume", methods=["task-oriented"], only=args.stages, given=given)
     print(f"\nrun folder: {result.path}")
     return 0
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from taskdistill.engine.checkpoint import decode_policy_of, load_checkpoint, read_meta
+    from taskdistill.engine.checkpoint import load_checkpoint, read_meta
     from taskdistill.engine.device import resolve_device, set_threads
-    from taskdistill.pipelines.prepare import load_size_for, load_task_data
-    from taskdistill.pipelines.stages import evaluate_model
+    from taskdistill.kinds import kind_of_checkpoint
+    from taskdistill.results import METRICS_SCHEMA
 
     meta = read_meta(args.checkpoint)
     cfg = config_for_checkpoint(args, meta)  # no config given: the data the checkpoint was trained on
+    kind = kind_of_checkpoint(meta, cfg)
     set_threads(cfg.num_threads)
     device = resolve_device(cfg.device)
-    if cfg.task == "segmentation" or meta.get("task") == "segmentation":
-        return _evaluate_segmentation(args, cfg, device)
-    # decode test images exactly as the checkpoint's training images were (its recorded policy)
-    policy = decode_policy_of(meta, cfg.data.load_size or load_size_for(cfg))
-    data = load_task_data(cfg.data, policy)
-    model, _ = load_checkpoint(args.checkpoint, expect_classes=data.class_names)
-    metrics = evaluate_model(model.to(device), data.test, device, cfg.eval_batch_size, "evaluate")
+    test = kind.test_set(cfg, meta)
+    model, _ = load_checkpoint(args.checkpoint, expect_classes=test.class_names)
+    metrics = kind.evaluate(model.to(device), test, device, cfg.eval_batch_size, "evaluate")
     if args.json:
-        print(json.dumps(metrics, indent=2))
-    else:
-        print(f"{meta['model']['name']} ({meta['stage']}): top-1 {100 * metrics['top1']:.2f}%  "
-              f"macro {100 * metrics['macro_accuracy']:.2f}%  on {metrics['num_images']} test images")
-        for name, acc in metrics["per_class_accuracy"].items():
-            print(f"  {name:<20} {100 * acc:6.2f}%")
-    return 0
-
-
-def _evaluate_segmentation(args: argparse.Namespace, cfg: RunConfig, device: torch.device) -> int:
-    from taskdistill.engine.checkpoint import load_checkpoint
-    from taskdistill.errors import ConfigError
-    from taskdistill.pipelines.seg_prepare import load_seg_task_data
-    from taskdistill.pipelines.seg_stages import evaluate_seg_model
-
-    if cfg.task != "segmentation":
-        raise ConfigError(f"'{args.checkpoint}' is a segmentation checkpoint; evaluate it with a segmentation config "
-                          f"(e.g. seg-composite, or --set task=segmentation with the matching data settings)")
-    data = load_seg_task_data(cfg)
-    model, meta = load_checkpoint(args.checkpoint, expect_classes=data.class_names)
-    metrics = evaluate_seg_model(model.to(device), data.test, device, cfg.eval_batch_size, "evaluate")
-    if args.json:
-        print(json.dumps(metrics, indent=2))
-    else:
-        print(f"{meta['model']['name']} ({meta['stage']}): mIoU {100 * metrics['miou']:.2f}%  pixel accuracy "
-              f"{100 * metrics['pixel_accuracy']:.2f}%  on {metrics['num_images']} test images")
-        for name, iou in metrics["per_class_iou"].items():
-            print(f"  {name:<20} " + ("     -" if iou is None else f"{100 * iou:6.2f}%"))
+        print(json.dumps({"schema": METRICS_SCHEMA, "task": kind.name, **metrics.to_json()}, indent=2))
+        return 0
+    print(f"{meta['model']['name']} ({meta['stage']}): {kind.summary(metrics)}  on {metrics.num_images} test images")
+    for name, value in metrics.per_class.items():
+        print(f"  {name:<20} " + ("     -" if value is None else f"{100 * value:6.2f}%"))
     return 0

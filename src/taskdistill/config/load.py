@@ -108,12 +108,25 @@ def from_dict(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
     ConfigError.
     """
     errors: list[str] = []
+    if not prefix and "baselines" in data:
+        data = _upgrade_baselines(data)
     obj = _fill(cls(), data, prefix, errors)
     errors += problems(obj, f"{prefix}." if prefix else "")
     if errors:
         head = f"{len(errors)} problems in the config:\n  " if len(errors) > 1 else ""
         raise ConfigError(head + "\n  ".join(errors))
     return obj
+
+
+def _upgrade_baselines(data: dict[str, Any]) -> dict[str, Any]:
+    """A config written before `run.methods` (stored in older checkpoints and sweeps): `baselines: [scratch]`
+    meant task-oriented transfer plus those baselines."""
+    data = dict(data)
+    baselines = data.pop("baselines") or []
+    run = dict(data.get("run") or {})
+    run.setdefault("methods", ["task-oriented", *baselines])
+    data["run"] = run
+    return data
 
 
 def _fill(base: T, data: dict[str, Any], prefix: str, errors: list[str]) -> T:

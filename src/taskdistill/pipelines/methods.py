@@ -1,9 +1,10 @@
 """The methods a sweep compares, on the same student architecture and the same labeled split.
 
-Each method is a recipe: a short chain of stages that returns a result record. The recipes shared by
-classification and segmentation are written once against `MethodCell`, the grid cell's stages: `Cell`
-here (classification) and `SegCell` (pipelines/seg_methods.py, per pixel) supply them. The loop underneath
-is the same for all.
+Each method is a recipe: a short chain of named stages on a `Cell` (pipelines/cell.py) that returns a
+`MethodRecord`. The same recipe runs in `taskdistill run` (stages kept in the run folder) and in a sweep
+(the teacher kept per budget and seed); the task kind (`kinds/`) supplies what differs per kind. Stage
+names are the run folder's: `teacher` (shared), `student_distilled` and `student` (task-oriented),
+`scratch`, and `<method>` / `<method>.<step>` for the others.
 
 - `teacher-linear`: the pretrained teacher with a linear probe (upper reference).
 - `teacher-finetune`: the teacher finetuned on the labels (upper reference; shared by task-oriented).
@@ -23,245 +24,89 @@ is the same for all.
 from __future__ import annotations
 
 import dataclasses
-import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Protocol
 
 import torch
-from torch import nn
 
 from taskdistill.cache.teacher_outputs import weights_hash
-from taskdistill.config.load import to_dict
-from taskdistill.config.schema import DistillConfig, OptimConfig, RunConfig, TeacherConfig
-from taskdistill.engine.checkpoint import load_checkpoint, save_checkpoint
-from taskdistill.engine.compute import count_parameters, forward_gflops
+from taskdistill.engine.compute import count_parameters
 from taskdistill.errors import ConfigError
-from taskdistill.pipelines.prepare import PreparedData
-from taskdistill.pipelines.stages import (
-    build_model,
-    distill,
-    evaluate_model,
-    feature_distill,
-    supervised,
-    train_teacher,
-)
+from taskdistill.pipelines.cell import Cell, Meter
 from taskdistill.reprogram.stages import (
     progressive_distill,
     proxy_outputs,
     reprogram_teacher,
     teacher_accuracy,
 )
+from taskdistill.results import MethodRecord, StageCost
+
+STUDENT = "student"
+SCRATCH = "scratch"
 
 
-class Meter:
-    """Accumulates a method's cost: images through teacher and student, seconds per stage."""
-
-    def __init__(self) -> None:
-        self.teacher_images = 0
-        self.student_images = 0
-        self.stage_seconds: dict[str, float] = {}
-
-    def add(self, stage: str, seconds: float, teacher_images: int = 0, student_images: int = 0) -> None:
-        self.stage_seconds[stage] = round(self.stage_seconds.get(stage, 0.0) + seconds, 2)
-        self.teacher_images += teacher_images
-        self.student_images += student_images
-
-
-class MethodCell(Protocol):
-    """One grid cell as the shared recipes see it: its config (seed and budget set) and its stages.
-
-    The distillation stages return their fit info (`seconds`, `images`) with the cache's (`cache.seconds`,
-    `teacher_images`); the supervised stage and the teacher's return their fit info.
-    """
-
-    cfg: RunConfig
-    data: Any  # PreparedData or PreparedSegData: the cell's sets, class names and decode `policy`
-
-    def student(self, pretrained: bool = False) -> nn.Module: ...
-
-    def teacher(self) -> nn.Module: ...
-
-    def finetuned_teacher(self) -> tuple[nn.Module, dict[str, Any]]: ...
-
-    def train_teacher(self, teacher: nn.Module, cfg: TeacherConfig) -> dict[str, Any]: ...
-
-    def supervised(self, model: nn.Module, opt: OptimConfig, desc: str) -> dict[str, Any]: ...
-
-    def distill(self, student: nn.Module, teacher: nn.Module, cfg: DistillConfig) -> dict[str, Any]: ...
-
-    def feature_distill(self, student: nn.Module, teacher: nn.Module) -> dict[str, Any]: ...
-
-    def record(self, method: str, model: nn.Module, meter: Meter, teacher: nn.Module | None) -> dict[str, Any]: ...
-
-
-def load_or_train_teacher(cell: MethodCell, stem: Path, class_names: list[str], device: torch.device,
-                          extra: dict[str, Any] | None = None) -> tuple[nn.Module, dict[str, Any]]:
-    """The cell's teacher trained on its labels: trained once and saved at `stem`, then loaded from there."""
-    if stem.with_suffix(".json").is_file():
-        model, meta = load_checkpoint(stem, expect_classes=class_names)
-        return model.to(device), meta["train_info"]
-    teacher = cell.teacher()
-    start = time.perf_counter()
-    info = cell.train_teacher(teacher, cell.cfg.teacher)
-    info["seconds"] = round(time.perf_counter() - start, 2)
-    save_checkpoint(stem, teacher, class_names, stage="teacher", config=to_dict(cell.cfg),
-                    extra={"train_info": info, **(extra or {})}, decode=cell.data.policy)
-    return teacher, info
-
-
-def model_cost(model: nn.Module, prefix: str = "") -> dict[str, Any]:
-    """`{prefix}model`, `{prefix}params` and `{prefix}gflops` (forward, at the model's input size)."""
-    return {f"{prefix}model": model.spec.name, f"{prefix}params": count_parameters(model),
-            f"{prefix}gflops": round(forward_gflops(model), 4)}
-
-
-def cost_fields(meter: Meter, model: nn.Module, teacher: nn.Module | None) -> dict[str, Any]:
-    """The compute accounting every record carries."""
-    rec = {"seconds": round(sum(meter.stage_seconds.values()), 2), "stage_seconds": meter.stage_seconds,
-           "teacher_images": meter.teacher_images, "student_images": meter.student_images, **model_cost(model)}
-    return rec | (model_cost(teacher, "teacher_") if teacher is not None else {})
-
-
-@dataclass
-class Cell:
-    """A classification grid cell: the config (seed and budget set), its data, and where shared work lives."""
-
-    cfg: RunConfig
-    data: PreparedData
-    device: torch.device
-    cache_dir: Path
-    teacher_dir: Path  # finetuned teachers, one per (budget, seed), shared by every method that needs one
-
-    @property
-    def budget(self) -> int | None:
-        return self.cfg.data.labels_per_class
-
-    def seeded(self, offset: int) -> None:
-        torch.manual_seed(self.cfg.seed * 1000 + offset)
-
-    def student(self, pretrained: bool = False) -> nn.Module:
-        self.seeded(1)  # every method's student starts from the same random init
-        spec = dataclasses.replace(self.cfg.student.model, pretrained=pretrained)
-        return build_model(spec, len(self.data.class_names)).to(self.device)
-
-    def teacher(self) -> nn.Module:
-        self.seeded(0)
-        return build_model(self.cfg.teacher.model, len(self.data.class_names)).to(self.device)
-
-    def finetuned_teacher(self) -> tuple[nn.Module, dict[str, Any]]:
-        stem = self.teacher_dir / f"b{self.budget}-s{self.cfg.seed}"
-        return load_or_train_teacher(self, stem, self.data.class_names, self.device)
-
-    def train_teacher(self, teacher: nn.Module, cfg: TeacherConfig) -> dict[str, Any]:
-        return train_teacher(teacher, cfg, self.data.labeled, self.cfg.seed, self.device)
-
-    def supervised(self, model: nn.Module, opt: OptimConfig, desc: str) -> dict[str, Any]:
-        return supervised(model, self.data.labeled, opt, self.cfg.seed, self.device, desc)
-
-    def distill(self, student: nn.Module, teacher: nn.Module, cfg: DistillConfig) -> dict[str, Any]:
-        return distill(student, teacher, self.data.transfer, cfg, self.cache_dir, self.cfg.seed, self.device,
-                       self.cfg.eval_batch_size)
-
-    def feature_distill(self, student: nn.Module, teacher: nn.Module) -> dict[str, Any]:
-        return feature_distill(student, teacher, self.data.transfer, self.cfg.feature_distill,
-                               self.cfg.distill.transfer.views, self.cache_dir, self.cfg.seed, self.device,
-                               self.cfg.eval_batch_size)
-
-    def record(self, method: str, model: nn.Module, meter: Meter, teacher: nn.Module | None) -> dict[str, Any]:
-        m = evaluate_model(model, self.data.test, self.device, self.cfg.eval_batch_size, f"evaluate {method}")
-        return {"method": method, "budget": self.budget, "seed": self.cfg.seed,
-                "top1": m["top1"], "macro_accuracy": m["macro_accuracy"], **cost_fields(meter, model, teacher),
-                "per_class_accuracy": m["per_class_accuracy"]}
-
-
-def _finetune(cell: MethodCell, model: nn.Module, meter: Meter, opt_name: str = "finetune") -> None:
-    """Supervised training on the labels with the student schedule `opt_name` (finetune, scratch,
-    pretrained_finetune)."""
-    info = cell.supervised(model, getattr(cell.cfg.student, opt_name), f"student {opt_name}")
-    meter.add(opt_name, info["seconds"], student_images=info["images"])
-
-
-def _with_teacher(cell: MethodCell, meter: Meter) -> nn.Module:
-    teacher, info = cell.finetuned_teacher()
-    meter.add("teacher", info["seconds"], teacher_images=info["teacher_train_images"])
-    return teacher
-
-
-def _linear_probed_teacher(cell: MethodCell, meter: Meter) -> nn.Module:
-    """The pretrained teacher with a task head trained on its frozen backbone (not stored)."""
-    teacher = cell.teacher()
-    start = time.perf_counter()
-    info = cell.train_teacher(teacher, dataclasses.replace(cell.cfg.teacher, mode="linear-probe"))
-    meter.add("teacher", time.perf_counter() - start, teacher_images=info["teacher_train_images"])
-    return teacher
-
-
-def _add_distill(meter: Meter, info: dict[str, Any]) -> None:
-    meter.add("teacher_outputs", info["cache"]["seconds"], teacher_images=info["teacher_images"])
-    meter.add("distill", info["seconds"], student_images=info["images"])
-
-
-def teacher_linear(cell: MethodCell) -> dict[str, Any]:
+def teacher_linear(cell: Cell) -> MethodRecord:
+    """The pretrained teacher with a linear probe (upper reference)."""
     meter = Meter()
-    teacher = _linear_probed_teacher(cell, meter)
+    probe_cfg = dataclasses.replace(cell.cfg.teacher, mode="linear-probe")
+    teacher = cell.train_teacher("teacher-linear", "teacher (linear probe on the frozen VFM)", probe_cfg, meter)
     return cell.record("teacher-linear", teacher, meter, teacher)
 
 
-def teacher_finetune(cell: MethodCell) -> dict[str, Any]:
+def teacher_finetune(cell: Cell) -> MethodRecord:
     meter = Meter()
-    teacher = _with_teacher(cell, meter)
+    teacher = cell.finetuned_teacher(meter)
     return cell.record("teacher-finetune", teacher, meter, teacher)
 
 
-def scratch(cell: MethodCell) -> dict[str, Any]:
+def scratch(cell: Cell) -> MethodRecord:
     meter, student = Meter(), cell.student()
-    _finetune(cell, student, meter, "scratch")
-    return cell.record("scratch", student, meter, None)
+    last = cell.supervised(SCRATCH, "student from scratch (labels only)", student, "scratch", meter)
+    return cell.record("scratch", student, meter, None, last)
 
 
-def pretrained_finetune(cell: MethodCell) -> dict[str, Any]:
+def pretrained_finetune(cell: Cell) -> MethodRecord:
     meter, student = Meter(), cell.student(pretrained=True)
-    _finetune(cell, student, meter, "pretrained_finetune")
-    return cell.record("pretrained-finetune", student, meter, None)
+    last = cell.supervised("pretrained-finetune", "pretrained student finetuned on the labels", student,
+                           "pretrained_finetune", meter)
+    return cell.record("pretrained-finetune", student, meter, None, last)
 
 
-def task_agnostic(cell: MethodCell) -> dict[str, Any]:
+def task_agnostic(cell: Cell) -> MethodRecord:
     """Feature matching against the frozen pretrained teacher (no labels), then finetune on the labels."""
     meter, teacher, student = Meter(), cell.teacher(), cell.student()
-    _add_distill(meter, cell.feature_distill(student, teacher))
-    _finetune(cell, student, meter)
-    return cell.record("task-agnostic", student, meter, teacher)
+    first = "task-agnostic.features"
+    cell.feature_distill(first, "student after feature distillation", student, teacher, meter)
+    last = cell.supervised("task-agnostic", "student after feature distillation + finetune", student, "finetune",
+                           meter, chain=(first,))
+    return cell.record("task-agnostic", student, meter, teacher, last)
 
 
-def _task_oriented(cell: MethodCell, pretrained: bool, name: str) -> dict[str, Any]:
+def _task_oriented(cell: Cell, pretrained: bool, name: str) -> MethodRecord:
     meter = Meter()
-    teacher = _with_teacher(cell, meter)
+    teacher = cell.finetuned_teacher(meter)
     student = cell.student(pretrained=pretrained)
     dcfg = cell.cfg.distill
     if pretrained and dcfg.pretrained_student_lr is not None:
         dcfg = dataclasses.replace(dcfg, train=dataclasses.replace(dcfg.train, lr=dcfg.pretrained_student_lr))
-    _add_distill(meter, cell.distill(student, teacher, dcfg))
-    _finetune(cell, student, meter)
-    return cell.record(name, student, meter, teacher)
+    first, final = ("student_distilled", STUDENT) if not pretrained else (f"{name}.distilled", name)
+    what = "pretrained student" if pretrained else "student"
+    cell.distill(first, f"{what} after distillation", student, teacher, dcfg, meter)
+    last = cell.supervised(final, f"{what} after transfer (distill + finetune)", student, "finetune", meter,
+                           chain=(first,))
+    return cell.record(name, student, meter, teacher, last)
 
 
-def task_oriented(cell: MethodCell) -> dict[str, Any]:
+def task_oriented(cell: Cell) -> MethodRecord:
+    """Distill the finetuned teacher's predictions over the transfer set, then finetune on the labels."""
     return _task_oriented(cell, False, "task-oriented")
 
 
-def task_oriented_pretrained(cell: MethodCell) -> dict[str, Any]:
+def task_oriented_pretrained(cell: Cell) -> MethodRecord:
+    """Task-oriented transfer into the ImageNet-pretrained student."""
     return _task_oriented(cell, True, "task-oriented-pretrained")
 
 
-def _source_teacher(cell: Cell) -> nn.Module:
-    """The cell's pretrained teacher with its own source classifier (`tdmr.source_classes` classes)."""
-    cell.seeded(0)
-    return build_model(cell.cfg.teacher.model, cell.cfg.tdmr.source_classes).to(cell.device)
-
-
-def tdmr(cell: Cell) -> dict[str, Any]:
+def tdmr(cell: Cell) -> MethodRecord:
     """Reprogram the frozen teacher on the labels, distil its proxy space progressively, finetune.
 
     The teacher's weights are hashed before and after: a change raises instead of recording a result.
@@ -269,28 +114,43 @@ def tdmr(cell: Cell) -> dict[str, Any]:
     cache's forwards; the reprogrammed teacher's own test accuracy is reported but not counted as cost.
     """
     cfg, meter, views, seed = cell.cfg.tdmr, Meter(), cell.cfg.distill.transfer.views, cell.cfg.seed
-    teacher = _source_teacher(cell)
+    teacher = cell.teacher(num_classes=cfg.source_classes)  # with its own source classifier
     before = weights_hash(teacher)
-    model, rep = reprogram_teacher(teacher, cell.data.labeled, cfg, seed, cell.device, cell.cfg.eval_batch_size)
-    meter.add("reprogram", rep["seconds"], teacher_images=rep["teacher_images"])
-    source, target, cache = proxy_outputs(model, cell.data.transfer, cfg, views, seed, cell.cache_dir,
-                                          cell.cfg.eval_batch_size, cell.device)
-    meter.add("teacher_outputs", cache["seconds"], teacher_images=cache["teacher_images"])
+    after_teacher = torch.get_rng_state()
     student = cell.student()
-    dist = progressive_distill(student, source, target, cell.data.transfer, cfg, views, seed, cell.device)
+    after_student = torch.get_rng_state()
+
+    def reprogram_and_distill() -> StageCost:
+        # The prompt's and the proxy head's random inits draw from the global generator: each starts from
+        # the state it has in the order teacher -> reprogram -> student -> distil (CPU generator only).
+        torch.set_rng_state(after_teacher)
+        model, rep = reprogram_teacher(teacher, cell.data.labeled, cfg, seed, cell.device, cell.cfg.eval_batch_size)
+        source, target, cache = proxy_outputs(model, cell.data.transfer, cfg, views, seed, cell.cache_dir,
+                                              cell.cfg.eval_batch_size, cell.device)
+        torch.set_rng_state(after_student)
+        dist = progressive_distill(student, source, target, cell.data.transfer, cfg, views, seed, cell.device)
+        top1 = (teacher_accuracy(model, cell.data.test, cell.cfg.eval_batch_size, cell.device)
+                if cfg.evaluate_teacher else None)
+        return StageCost(seconds=dist["seconds"], student_images=dist["images"],
+                         teacher_images=rep["teacher_images"] + cache["teacher_images"], cache_seconds=cache["seconds"],
+                         details={"reprogram": rep, "cache": cache, "distill": dist, "teacher_top1": top1})
+
+    first = "tdmr.distilled"
+    cost = cell.stages.stage(first, "student after TDMR distillation", student, reprogram_and_distill).cost
+    rep, cache, dist = cost.details["reprogram"], cost.details["cache"], cost.details["distill"]
+    meter.add("reprogram", rep["seconds"], teacher_images=rep["teacher_images"])
+    meter.add("teacher_outputs", cache["seconds"], teacher_images=cache["teacher_images"])
     meter.add("distill", dist["seconds"], student_images=dist["images"])
-    _finetune(cell, student, meter)
-    teacher_top1 = (teacher_accuracy(model, cell.data.test, cell.cfg.eval_batch_size, cell.device)
-                    if cfg.evaluate_teacher else None)
+    last = cell.supervised("tdmr", "student after TDMR (+ finetune)", student, "finetune", meter, chain=(first,))
     after = weights_hash(teacher)
     if after != before:
         raise RuntimeError(f"tdmr changed the frozen teacher's weights (sha256 {before[:12]} -> {after[:12]}); "
                            f"only the prompt and the label map may train")
-    rec = cell.record("tdmr", student, meter, teacher)
-    rec.update({
+    rec = cell.record("tdmr", student, meter, teacher, last)
+    rec.extra = {
         "trainable_params": rep["trainable_params"], "trainable_fraction": rep["trainable_fraction"],
         "teacher_unchanged": True, "teacher_weights_sha256": before,
-        "reprogrammed_teacher_top1": teacher_top1,
+        "reprogrammed_teacher_top1": cost.details["teacher_top1"],
         "teacher_images_detail": {"reprogram_forward_backward": rep["train_images"],
                                   "label_mapping_forward": rep["label_mapping_images"],
                                   "proxy_cache_forward": cache["teacher_images"]},
@@ -301,27 +161,28 @@ def tdmr(cell: Cell) -> dict[str, Any]:
                  "proxy_head_params": dist["proxy_head_params"],
                  "bytes_per_view": {k: cache[k]["bytes_per_view"] for k in ("source_logits", "target_logits")
                                     if k in cache}},
-    })
+    }
     return rec
 
 
-def distill_linear_probe(cell: Cell) -> dict[str, Any]:
-    """Task-oriented distillation from the linear-probed (not finetuned) teacher, then finetune.
-
-    The probed teacher is trained here and not stored: `cell.teacher_dir` holds finetuned teachers only.
-    """
+def distill_linear_probe(cell: Cell) -> MethodRecord:
+    """Task-oriented distillation from the linear-probed (not finetuned) teacher, then finetune: the
+    plain-distillation reference for `tdmr`. The probed teacher is stage `teacher-linear`."""
     meter = Meter()
-    teacher = _linear_probed_teacher(cell, meter)
+    probe_cfg = dataclasses.replace(cell.cfg.teacher, mode="linear-probe")
+    teacher = cell.train_teacher("teacher-linear", "teacher (linear probe on the frozen VFM)", probe_cfg, meter)
     student = cell.student()
-    _add_distill(meter, cell.distill(student, teacher, cell.cfg.distill))
-    _finetune(cell, student, meter)
-    rec = cell.record("distill-linear-probe", student, meter, teacher)
+    first = "distill-linear-probe.distilled"
+    cell.distill(first, "student distilled from the probed teacher", student, teacher, cell.cfg.distill, meter)
+    last = cell.supervised("distill-linear-probe", "student distilled from the probed teacher + finetune", student,
+                           "finetune", meter, chain=(first,))
+    rec = cell.record("distill-linear-probe", student, meter, teacher, last)
     head = sum(p.numel() for p in teacher.get_classifier().parameters())
-    rec.update({"trainable_params": head, "trainable_fraction": head / max(1, count_parameters(teacher))})
+    rec.extra = {"trainable_params": head, "trainable_fraction": head / max(1, count_parameters(teacher))}
     return rec
 
 
-METHODS: dict[str, Callable[[Cell], dict[str, Any]]] = {
+METHODS: dict[str, Callable[[Cell], MethodRecord]] = {
     "teacher-linear": teacher_linear,
     "teacher-finetune": teacher_finetune,
     "scratch": scratch,
@@ -334,17 +195,17 @@ METHODS: dict[str, Callable[[Cell], dict[str, Any]]] = {
 }
 
 
-def check_methods(names: list[str], registry: dict[str, Any] | None = None, task: str | None = None) -> None:
-    """Raise a ConfigError naming the closest known method for any name not in `registry` (default METHODS);
-    `task` names the task kind whose registry it is, for the message."""
+def final_stage(method: str) -> str:
+    """The stage that holds a method's final model in a run folder."""
+    return {"task-oriented": STUDENT, "teacher-finetune": "teacher"}.get(method, method)
+
+
+def check_methods(names: list[str]) -> None:
+    """A ConfigError naming the closest known method for any name that is none."""
     import difflib
 
-    registry = METHODS if registry is None else registry
     for n in names:
-        if n not in registry:
-            close = difflib.get_close_matches(n, list(registry), n=1)
+        if n not in METHODS:
+            close = difflib.get_close_matches(n, list(METHODS), n=1)
             hint = f" Did you mean '{close[0]}'?" if close else ""
-            if task is None:
-                raise ConfigError(f"unknown method '{n}'.{hint} Methods: {', '.join(registry)}")
-            raise ConfigError(f"method '{n}' is not available for task: {task}.{hint} "
-                              f"{task.capitalize()} methods: {', '.join(registry)}")
+            raise ConfigError(f"unknown method '{n}'.{hint} Methods: {', '.join(METHODS)}")

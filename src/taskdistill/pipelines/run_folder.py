@@ -225,6 +225,10 @@ class RunFolder:
     def stage_info(self, stage: str) -> dict[str, Any]:
         return self._state["stages"][stage]
 
+    def finished_stages(self) -> list[str]:
+        """The finished stages, in the order they finished."""
+        return list(self._state["stages"])
+
     def finish_stage(self, stage: str, info: dict[str, Any]) -> None:
         self._state["stages"][stage] = info
         if self.writer:

@@ -7,32 +7,30 @@ finetuned teacher per budget and seed, shared by the methods), and the report fi
 
 from __future__ import annotations
 
-import dataclasses
 import json
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
+from torch import nn
 from tqdm.auto import tqdm
 
 from taskdistill.config.load import from_dict, to_dict
 from taskdistill.config.schema import RunConfig
+from taskdistill.data.prepare import PreparedData
 from taskdistill.engine import distributed
 from taskdistill.engine.atomic import write_json, write_text
+from taskdistill.engine.checkpoint import load_checkpoint, save_checkpoint
 from taskdistill.engine.device import resolve_device, set_threads
 from taskdistill.errors import ConfigError, RunFolderError
-from taskdistill.pipelines.methods import METHODS, Cell, check_methods
-from taskdistill.pipelines.prepare import prepare_data
-from taskdistill.pipelines.seg_methods import (
-    SEG_BUDGET_UNIT,
-    SEG_METHODS,
-    SEG_METRIC,
-    SegCell,
-    check_seg_methods,
-)
-from taskdistill.pipelines.seg_prepare import prepare_seg_data
+from taskdistill.kinds import TaskKind, kind_of
+from taskdistill.pipelines.cell import Cell, StageOutcome
+from taskdistill.pipelines.methods import METHODS, check_methods
 from taskdistill.report.sweep_report import write_sweep_report
+from taskdistill.results import StageCost
 
 
 def cell_path(folder: Path, method: str, budget: int, seed: int) -> Path:
@@ -40,18 +38,46 @@ def cell_path(folder: Path, method: str, budget: int, seed: int) -> Path:
 
 
 def cell_config(cfg: RunConfig, budget: int, seed: int) -> RunConfig:
-    if cfg.task == "segmentation":  # budgets count labeled images
-        seg = dataclasses.replace(cfg.segmentation, labeled_images=budget)
-        return dataclasses.replace(cfg, seed=seed, segmentation=seg)
-    data = dataclasses.replace(cfg.data, labels_per_class=budget, max_per_class=None, label_fraction=None)
-    return dataclasses.replace(cfg, seed=seed, data=data)
+    """The config of cell (budget, seed): the label budget in the task kind's unit, and the seed."""
+    import dataclasses
+
+    return dataclasses.replace(kind_of(cfg).with_budget(cfg, budget), seed=seed)
+
+
+@dataclass
+class SweepStages:
+    """A sweep's `StageStore`: the finetuned teacher of each (budget, seed) is stored under `teacher_dir` and
+    shared by every method; the other stages run in memory (a finished cell's record is what is kept)."""
+
+    cfg: RunConfig
+    kind: TaskKind
+    data: PreparedData
+    teacher_dir: Path
+
+    def stage(self, name: str, title: str, model: nn.Module, train: Callable[[], StageCost],
+              chain: tuple[str, ...] = ()) -> StageOutcome:
+        if name != "teacher":
+            return StageOutcome(train())
+        stem = self.teacher_dir / f"{self.kind.stem_prefix}b{self.kind.budget_of(self.cfg)}-s{self.cfg.seed}"
+        if stem.with_suffix(".json").is_file():
+            loaded, meta = load_checkpoint(stem, expect_classes=self.data.class_names)
+            model.load_state_dict(loaded.state_dict())
+            return StageOutcome(StageCost.from_json(meta["train_info"]))
+        start = time.perf_counter()
+        cost = train()
+        cost.seconds = round(time.perf_counter() - start, 2)
+        save_checkpoint(stem, model, self.data.class_names, stage="teacher", config=to_dict(self.cfg),
+                        extra={"train_info": cost.to_json(), **self.kind.checkpoint_extra(self.cfg)},
+                        decode=self.data.policy)
+        return StageOutcome(cost)
 
 
 def run_sweep(cfg: RunConfig, methods: Sequence[str], budgets: Sequence[int], seeds: Sequence[int],
               folder: str | Path, force: bool = False) -> list[dict[str, Any]]:
     """Run every missing cell of the grid into `folder`, then write the report; returns all records."""
-    seg = cfg.task == "segmentation"  # segmentation methods (pipelines/seg_methods.py); budgets = labeled images
-    (check_seg_methods if seg else check_methods)(list(methods))
+    kind = kind_of(cfg)
+    check_methods(list(methods))
+    kind.check_methods(list(methods))
     if not budgets or not seeds or not methods:
         raise ConfigError("a sweep needs at least one method, one budget and one seed")
     folder = Path(folder)
@@ -83,28 +109,28 @@ def run_sweep(cfg: RunConfig, methods: Sequence[str], budgets: Sequence[int], se
     if main:
         print(f"sweep '{folder}': {len(grid)} cells, {len(grid) - len(todo)} done, {len(todo)} to run")
     bar = tqdm(total=len(todo), desc="sweep", unit="cell", disable=None if main else True)
-    prepared: dict[tuple[int, int], Any] = {}
+    prepared: dict[tuple[int, int], PreparedData] = {}
     for budget, seed, method in todo:
         ccfg = cell_config(cfg, budget, seed)
         if (budget, seed) not in prepared:
             prepared.clear()  # one (budget, seed) data split in memory at a time
-            prepared[(budget, seed)] = prepare_seg_data(ccfg) if seg else prepare_data(ccfg)
-        if seg:
-            record = SEG_METHODS[method](SegCell(ccfg, prepared[(budget, seed)], device, cache_dir, folder / "teachers"))
-        else:
-            record = METHODS[method](Cell(ccfg, prepared[(budget, seed)], device, cache_dir, folder / "teachers"))
+            prepared[(budget, seed)] = kind.prepare(ccfg)
+        data = prepared[(budget, seed)]
+        cell = Cell(ccfg, kind, data, device, cache_dir, SweepStages(ccfg, kind, data, folder / "teachers"))
+        record = METHODS[method](cell).to_json()
         distributed.on_main(lambda rec=record, b=budget, s=seed, m=method: write_json(cell_path(folder, m, b, s), rec))
         bar.update(1)
         if main:
-            shown = f"mIoU {100 * record['miou']:.2f}%" if seg else f"top-1 {100 * record['top1']:.2f}%"
-            print(f"  {method:<26} budget {budget:<4} seed {seed}: {shown}  ({record['seconds']:.0f} s)")
+            title = kind.score_columns[0][0]
+            print(f"  {method:<26} budget {budget:<4} seed {seed}: {title} {100 * record[kind.metric]:.2f}%  "
+                  f"({record['seconds']:.0f} s)")
     bar.close()
 
     def finish() -> list[dict[str, Any]]:
         records = [json.loads(cell_path(folder, m, b, s).read_text()) for b, s, m in grid]
-        kind = dict(metric=SEG_METRIC, budget_unit=SEG_BUDGET_UNIT) if seg else {}
         write_sweep_report(records, folder, title=f"Sweep {cfg.name}: {cfg.data.dataset}, student "
-                                                  f"{cfg.student.model.name}, teacher {cfg.teacher.model.name}", **kind)
+                                                  f"{cfg.student.model.name}, teacher {cfg.teacher.model.name}",
+                           metric=kind.metric, budget_unit=kind.budget_unit)
         return records
 
     return distributed.on_main(finish)

@@ -20,7 +20,7 @@ from taskdistill.config.schema import TDMRConfig
 from taskdistill.data.image_set import ImageSet
 from taskdistill.engine.batches import ImageBatches, ViewBatches
 from taskdistill.engine.loop import fit
-from taskdistill.pipelines.stages import schedule_of
+from taskdistill.engine.schedule import schedule_of
 from taskdistill.reprogram.build import RemappingTask, build_reprogrammed
 from taskdistill.reprogram.progressive import ProxyDistillTask, ProxyStudent
 from taskdistill.reprogram.reprogrammed import ReprogrammedTeacher, ReprogramTask, predict_outputs

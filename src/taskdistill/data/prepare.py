@@ -1,8 +1,12 @@
-"""Load the dataset and cut it into labeled / validation / transfer / test sets, as a config asks."""
+"""Load the dataset and cut it into labeled / validation / transfer / test sets, as a config asks.
+
+`PreparedData` is what every task kind's `prepare` returns (`kinds/`); the functions here are the
+classification loaders and the pieces both kinds share (decode policy, stores, transfer sets).
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -11,6 +15,7 @@ import torch
 from taskdistill.config.schema import DataConfig, RunConfig, TransferConfig
 from taskdistill.data.decode import DecodePolicy
 from taskdistill.data.image_set import UNLABELED, ImageSet
+from taskdistill.data.segmentation import SegmentationSet
 from taskdistill.data.sources import TaskData, load_dataset
 from taskdistill.data.splits import FewShotSplit, few_shot_split
 from taskdistill.data.stored_sets import StoreOptions, load_image_files
@@ -20,18 +25,22 @@ from taskdistill.errors import ConfigError, DataError
 if TYPE_CHECKING:
     from taskdistill.data.streaming import ShardStream
 
+LabeledSet = ImageSet | SegmentationSet
+
 
 @dataclass
 class PreparedData:
-    """Every image set a run uses. `transfer` never holds labeled, validation or test images; it is a
-    `ShardStream` for a streamed (`wds:`) source."""
+    """Every set a run uses: labeled / validation / test sets of the task kind (`ImageSet` with labels, or
+    `SegmentationSet` with masks) and an unlabeled transfer set that never holds labeled, validation or test
+    images (a `ShardStream` for a streamed `wds:` source)."""
 
-    labeled: ImageSet
-    val: ImageSet | None
+    labeled: LabeledSet
+    val: LabeledSet | None
     transfer: ImageSet | ShardStream
-    test: ImageSet
+    test: LabeledSet
     split: FewShotSplit
     policy: DecodePolicy | None = None  # how the task's files became pixels (recorded in every checkpoint)
+    skipped: list[str] = field(default_factory=list)  # unreadable labeled/test files, left out
 
     @property
     def class_names(self) -> list[str]:
@@ -39,8 +48,7 @@ class PreparedData:
 
     def summary(self) -> dict[str, int]:
         return {"labeled": len(self.labeled), "val": len(self.val) if self.val is not None else 0,
-                "transfer": len(self.transfer), "test": len(self.test),
-                "skipped_bad_images": len(set(self.labeled.skipped) | set(self.test.skipped))}
+                "transfer": len(self.transfer), "test": len(self.test), "skipped_bad_images": len(self.skipped)}
 
 
 def load_size_for(cfg: RunConfig) -> int:
@@ -152,4 +160,5 @@ def prepare_data(cfg: RunConfig) -> PreparedData:
         test=task.test,
         split=split,
         policy=task.policy,
+        skipped=sorted(set(task.train.skipped) | set(task.test.skipped)),
     )

@@ -1,0 +1,196 @@
+"""`taskdistill run`: the methods of `run.methods` as one grid cell, every stage kept in a run folder.
+
+The cell is the sweep's (pipelines/cell.py, same recipes, seeds and cache keys), so a run and a sweep of
+one budget and one seed give the same figures. Here each stage is checkpointed, evaluated on the test
+split (and validation split) and recorded in `run.json` when it finishes; `--resume` loads finished
+stages instead of retraining them. The single-stage verbs run some stages of `task-oriented` (`only`),
+loading their prerequisites from the folder or from given checkpoints. Under torchrun every rank runs
+this code; rank 0 writes the folder, checkpoints and reports.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from taskdistill.config.load import dump_yaml, to_dict
+from taskdistill.config.schema import RunConfig
+from taskdistill.data.prepare import PreparedData
+from taskdistill.engine import distributed
+from taskdistill.engine.atomic import write_json, write_text
+from taskdistill.engine.checkpoint import load_checkpoint, save_checkpoint
+from taskdistill.engine.compute import count_parameters, forward_gflops
+from taskdistill.engine.device import resolve_device, set_threads
+from taskdistill.engine.latency import model_latency
+from taskdistill.errors import RunFolderError
+from taskdistill.kinds import TaskKind, kind_of
+from taskdistill.pipelines.cell import Cell, StageOutcome
+from taskdistill.pipelines.methods import METHODS, check_methods, final_stage
+from taskdistill.pipelines.preflight import check_output_folders
+from taskdistill.pipelines.run_folder import Mode, RunFolder
+from taskdistill.report.markdown import run_report
+from taskdistill.results import METRICS_SCHEMA, MethodRecord, Metrics, StageCost
+
+LATENCY_STAGES = ("teacher", "student")  # the model you have and the one you ship
+VERB_OF_STAGE = {"teacher": "teacher-finetune", "student_distilled": "distill", "student": "finetune"}
+
+
+@dataclass
+class RunResult:
+    path: Path
+    rows: list[dict[str, Any]]
+    records: list[MethodRecord]
+    report: str
+
+
+class _StopRecipe(Exception):
+    """A single-stage verb reached a stage after the ones it runs."""
+
+
+@dataclass
+class FolderStages:
+    """The run's `StageStore`: every stage checkpointed and evaluated in the run folder, loaded on resume.
+
+    `only`: the stages this invocation may train (a single-stage verb); the others must have finished
+    earlier or be `given` as checkpoints, and a stage after them ends the recipe.
+    """
+
+    folder: RunFolder
+    cfg: RunConfig
+    kind: TaskKind
+    data: PreparedData
+    device: torch.device
+    only: frozenset[str] | None = None
+    given: dict[str, str] = field(default_factory=dict)
+    ran: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.log = self.folder.logger()
+
+    def stage(self, name: str, title: str, model: nn.Module, train: Callable[[], StageCost],
+              chain: tuple[str, ...] = ()) -> StageOutcome:
+        if name in self.given:
+            self._load_into(model, self.given[name])
+            self.log.info(f"[{name}] loaded the given checkpoint {self.given[name]}")
+            return StageOutcome(StageCost(seconds=0.0))
+        if self.folder.stage_done(name):
+            self._load_into(model, self.folder.checkpoint(name))
+            self.log.info(f"[{name}] finished earlier; loaded {self.folder.checkpoint(name)}.safetensors")
+            info = self.folder.stage_info(name)
+            return StageOutcome(StageCost.from_json(info["cost"]), Metrics.from_json(info["test"]))
+        if self.only is not None and name not in self.only:
+            if self.ran:
+                raise _StopRecipe(name)
+            verb = VERB_OF_STAGE.get(name, "run")
+            raise RunFolderError(f"stage '{name}' has not run in '{self.folder.path}'; run `taskdistill {verb}` with "
+                                 f"the same config first, or pass its checkpoint")
+        self.log.info(f"[{name}] training {model.spec.name} ...")
+        start = time.perf_counter()
+        cost = train()
+        seconds = round(time.perf_counter() - start, 2)
+        save_checkpoint(self.folder.checkpoint(name), model, self.data.class_names, stage=name,
+                        config=to_dict(self.cfg), extra=self.kind.checkpoint_extra(self.cfg), decode=self.data.policy)
+        bs = self.cfg.eval_batch_size
+        test = self.kind.evaluate(model, self.data.test, self.device, bs, f"evaluate {name}")
+        info: dict[str, Any] = {"title": title, "model": model.spec.name, "chain": list(chain),
+                                "seconds_total": seconds, "cost": cost.to_json(), "test": test.to_json(),
+                                "params": count_parameters(model)}
+        if self.data.val is not None:
+            info["val"] = self.kind.evaluate(model, self.data.val, self.device, bs, f"val {name}").to_json()
+        if name in LATENCY_STAGES:  # what the student buys: measured where the run ran, on its device
+            info["gflops"] = round(forward_gflops(model), 4)
+            info["latency"] = model_latency(model).to_dict()
+        self.folder.finish_stage(name, info)
+        self.ran.append(name)
+        self.log.info(f"[{name}] test {self.kind.summary(test)}  ({seconds:.0f} s)")
+        return StageOutcome(cost, test)
+
+    def _load_into(self, model: nn.Module, ckpt: str | Path) -> None:
+        loaded, meta = load_checkpoint(ckpt, expect_classes=self.data.class_names)
+        if meta["model"]["name"] != model.spec.name:
+            raise RunFolderError(f"checkpoint '{ckpt}' holds a {meta['model']['name']}, expected {model.spec.name}")
+        model.load_state_dict(loaded.state_dict())
+
+
+def _check_room(cfg: RunConfig, kind: TaskKind, data: PreparedData, methods: Sequence[str], cache_dir: Path) -> None:
+    """Fail before the folder is touched when the output or cache folder cannot take the run."""
+    k = len(data.class_names)
+    torch.manual_seed(cfg.seed * 1000)
+    sizes = [count_parameters(kind.build_model(m, k, cfg)) for m in (cfg.teacher.model, cfg.student.model)]
+    weights = 4 * (sizes[0] + 3 * sizes[1]) * max(1, len(methods)) + (16 << 20)  # checkpoints, logs
+    distills = any(m not in ("scratch", "pretrained-finetune", "teacher-finetune", "teacher-linear") for m in methods)
+    # float16 teacher outputs, full storage (an upper bound: an existing entry needs nothing)
+    cached = len(data.transfer) * cfg.distill.transfer.views * k * 2 if distills else 0
+    check_output_folders({"output_dir": (Path(cfg.output_dir), weights),
+                          "distill.cache_dir": (cache_dir, cached + (1 << 20))})
+
+
+def run(cfg: RunConfig, mode: Mode = "new", methods: Sequence[str] | None = None,
+        only: Sequence[str] | None = None, given: dict[str, str] | None = None) -> RunResult:
+    """Run `methods` (default `cfg.run.methods`) as one cell into `<output_dir>/<name>/` and report.
+
+    `only`: train only these stages (the single-stage verbs), with `given` checkpoints by stage name.
+    """
+    kind = kind_of(cfg)
+    methods = list(cfg.run.methods if methods is None else methods)
+    check_methods(methods)
+    kind.check_methods(methods)
+    set_threads(cfg.num_threads)
+    device = resolve_device(cfg.device)
+    data = kind.prepare(cfg)  # everything that can fail on bad input is checked before the folder is touched
+    cache_dir = Path(cfg.distill.cache_dir or Path(cfg.output_dir) / ".cache")
+    _check_room(cfg, kind, data, methods, cache_dir)
+    folder = RunFolder(Path(cfg.output_dir) / cfg.name, dump_yaml(cfg), mode)
+    stages = FolderStages(folder, cfg, kind, data, device, frozenset(only) if only is not None else None,
+                          dict(given or {}))
+    cell = Cell(cfg, kind, data, device, cache_dir, stages)
+    log = stages.log
+    try:
+        log.info(f"{kind.name} run '{cfg.name}' -> {folder.path}  (device {device}, methods {', '.join(methods)}, "
+                 f"data {data.summary()})")
+        records = []
+        for method in methods:
+            try:
+                records.append(METHODS[method](cell))
+            except _StopRecipe:
+                pass
+        result = write_reports(folder, cfg, kind, data, records)
+        done = all(folder.stage_done(final_stage(m)) for m in cfg.run.methods)
+        folder.set_status("complete" if done else "partial")
+        log.info("\n" + result.report)
+        return result
+    except BaseException as e:
+        folder.set_status("failed", error=f"{type(e).__name__}: {e}")
+        log.error(f"run failed: {type(e).__name__}: {e}. Finished stages are kept; rerun with --resume.")
+        raise
+    finally:
+        folder.close_logger()
+
+
+def write_reports(folder: RunFolder, cfg: RunConfig, kind: TaskKind, data: PreparedData,
+                  records: list[MethodRecord]) -> RunResult:
+    """metrics.json and report.md from every stage finished in the folder, plus the methods' records."""
+    stages = folder.finished_stages()
+    rows = []
+    for s in stages:
+        info = folder.stage_info(s)
+        seconds = info["seconds_total"] + sum(folder.stage_info(c)["seconds_total"] for c in info.get("chain", [])
+                                              if folder.stage_done(c))
+        rows.append({"stage": s, "what": info["title"], "model": info["model"], "params": info["params"],
+                     "test": info["test"], "seconds": round(seconds, 2), "gflops": info.get("gflops"),
+                     "latency": info.get("latency")})
+    metrics = {"schema": METRICS_SCHEMA, "task": kind.name, "name": cfg.name, "data": data.summary(),
+               "skipped_images": data.skipped, "rows": rows, "methods": [r.to_json() for r in records],
+               "stages": {s: folder.stage_info(s) for s in stages}}
+    report = run_report(cfg.name, kind.name, data.summary(), rows, data.skipped, kind.score_columns,
+                        data.class_names, kind.interval_scores)
+    if distributed.is_main():  # every rank holds the same rows; one writes them
+        write_json(folder.path / "metrics.json", metrics)
+        write_text(folder.path / "report.md", report)
+    return RunResult(folder.path, rows, records, report)
