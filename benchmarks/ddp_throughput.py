@@ -41,7 +41,7 @@ from taskdistill.data.streaming import ShardStream, expand_shards
 from taskdistill.engine.atomic import write_json, write_text
 from taskdistill.engine.batches import ViewBatches
 from taskdistill.engine.loop import Schedule, fit
-from taskdistill.pipelines.stages import build_model
+from taskdistill.kinds import Classification
 from taskdistill.retrieval.embed import EncoderSpec, embed_pool
 from taskdistill.retrieval.pool import open_pool
 from taskdistill.tasks import DistillTask
@@ -95,9 +95,9 @@ def run_distill(args: argparse.Namespace, world: int) -> dict[str, Any]:
     cfg = load_config(RunConfig, None, [f"teacher.model.name={args.teacher}"])
     transfer = transfer_images(args.images)
     torch.manual_seed(0)
-    teacher = build_model(cfg.teacher.model, 10).eval()
+    teacher = Classification().build_model(cfg.teacher.model, 10, cfg).eval()
     torch.manual_seed(1)
-    student = build_model(cfg.student.model, 10)
+    student = Classification().build_model(cfg.student.model, 10, cfg)
     box: dict[str, Any] = {}
 
     def build() -> None:

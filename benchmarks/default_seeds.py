@@ -15,7 +15,7 @@ from pathlib import Path
 
 from taskdistill.config import RunConfig, load_config
 from taskdistill.engine.atomic import write_json, write_text
-from taskdistill.pipelines.task_oriented import run_task_oriented
+from taskdistill.pipelines.run import run
 
 
 def main() -> None:
@@ -30,8 +30,8 @@ def main() -> None:
         cfg = load_config(RunConfig, None, [f"seed={seed}", f"name=seed{seed}", f"output_dir={args.out}",
                                             *args.overrides])
         start = time.perf_counter()
-        result = run_task_oriented(cfg, mode="force")
-        rows = {r["stage"]: r["top1"] for r in result.rows}
+        result = run(cfg, mode="force")
+        rows = {r["stage"]: r["test"]["top1"] for r in result.rows}
         per_seed.append({"seed": seed, "wall_seconds": round(time.perf_counter() - start, 1), **rows})
     keys = ["teacher", "student_distilled", "student", "scratch"]
     lines = ["| | " + " | ".join(f"seed {s['seed']}" for s in per_seed) + " | mean ± std |", "|---" * (len(seeds) + 2) + "|"]

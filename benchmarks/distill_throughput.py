@@ -38,23 +38,24 @@ from taskdistill.cache.soft_labels import bytes_per_view, compress_topk, expand_
 from taskdistill.cache.teacher_outputs import Storage, cached_teacher_outputs
 from taskdistill.cli.common import shipped_configs
 from taskdistill.config import RunConfig, load_config
-from taskdistill.data.views import model_input
-from taskdistill.engine.atomic import write_json, write_text
-from taskdistill.engine.batches import ImageBatches, ViewBatches
-from taskdistill.engine.device import set_threads
-from taskdistill.engine.evaluate import evaluate
-from taskdistill.engine.loop import Schedule, fit
-from taskdistill.pipelines.prepare import (
+from taskdistill.data.prepare import (
     build_transfer_set,
     decode_policy_for,
     load_size_for,
     load_task_data,
     prepare_data,
 )
-from taskdistill.pipelines.stages import build_model, train_teacher
+from taskdistill.data.views import model_input
+from taskdistill.engine.atomic import write_json, write_text
+from taskdistill.engine.batches import ImageBatches, ViewBatches
+from taskdistill.engine.device import set_threads
+from taskdistill.engine.evaluate import evaluate
+from taskdistill.engine.loop import Schedule, fit
+from taskdistill.kinds import Classification
 from taskdistill.tasks import DistillTask, SupervisedTask
 
 sys.path.insert(0, str(Path(__file__).parent))
+KIND = Classification()
 
 
 class Bf16Task:
@@ -107,9 +108,9 @@ def main() -> None:
                               "teacher": f"{cfg.teacher.model.name}@{args.teacher_size}",
                               "student": f"{cfg.student.model.name}@{cfg.student.model.input_size}"}
     torch.manual_seed(0)
-    teacher = build_model(cfg.teacher.model, n_cls)
+    teacher = KIND.build_model(cfg.teacher.model, n_cls, cfg)
     start = time.perf_counter()
-    train_teacher(teacher, cfg.teacher, data.labeled, cfg.seed, "cpu")
+    KIND.train_teacher(teacher, cfg.teacher, data.labeled, cfg.seed, torch.device("cpu"))
     report["teacher_finetune_seconds"] = round(time.perf_counter() - start, 1)
     inits: dict[int, dict] = {}
 
@@ -117,8 +118,8 @@ def main() -> None:
         """The student from the init of `seed` (the same init every time it is asked for)."""
         if seed not in inits:
             torch.manual_seed(1000 + seed)
-            inits[seed] = build_model(cfg.student.model, n_cls).state_dict()
-        m = build_model(cfg.student.model, n_cls)
+            inits[seed] = KIND.build_model(cfg.student.model, n_cls, cfg).state_dict()
+        m = KIND.build_model(cfg.student.model, n_cls, cfg)
         m.load_state_dict(inits[seed])
         return m
 
@@ -189,7 +190,7 @@ def main() -> None:
                          "top1_mean": round(statistics.mean(accs), 2)})
         for r in rows:
             r["mean_minus_full"] = round(r["top1_mean"] - rows[0]["top1_mean"], 2)
-        imagenet = build_model(dataclasses.replace(cfg.teacher.model), 1000).eval()
+        imagenet = KIND.build_model(dataclasses.replace(cfg.teacher.model), 1000, cfg).eval()
         with torch.inference_mode():
             logits = torch.cat([imagenet(model_input(data.transfer.images[i:i + 256], imagenet.preprocess))
                                 for i in range(0, 2000, 256)])

@@ -19,14 +19,14 @@ import json
 import time
 from pathlib import Path
 
+from taskdistill.atomic import write_json, write_text
 from taskdistill.cli.common import shipped_configs
 from taskdistill.config import RunConfig, load_config
-from taskdistill.engine.atomic import write_json, write_text
 from taskdistill.engine.device import resolve_device, set_threads
-from taskdistill.pipelines.methods import METHODS, Cell
-from taskdistill.pipelines.prepare import prepare_data
-from taskdistill.pipelines.seg_methods import SEG_METHODS, SegCell
-from taskdistill.pipelines.seg_prepare import prepare_seg_data
+from taskdistill.kinds import kind_of
+from taskdistill.pipelines.cell import Cell
+from taskdistill.pipelines.methods import METHODS
+from taskdistill.pipelines.sweep import SweepStages
 
 # method -> (the config key it searches, candidate rates). The first grids had three rates; each time the
 # best rate sat at the edge of its grid, the next rate was added.
@@ -60,8 +60,9 @@ def main() -> None:
     args = ap.parse_args()
     out = Path(args.out)
     path = args.config if Path(args.config).exists() else shipped_configs()[args.config]
-    seg = load_config(RunConfig, path, args.overrides).task == "segmentation"
-    grid, metric = (SEG_GRID, "miou") if seg else (GRID, "top1")
+    kind = kind_of(load_config(RunConfig, path, args.overrides))
+    seg = kind.budget_unit != "labels per class"  # budgets of labeled images (segmentation)
+    grid, metric = (SEG_GRID if seg else GRID), kind.metric
     split = ([f"segmentation.labeled_images={args.budget + args.val}", f"segmentation.val_images={args.val}"] if seg
              else [f"data.labels_per_class={args.budget + args.val}", f"data.val_per_class={args.val}"])
     base = [f"seed={args.seed}", *split, *args.overrides]
@@ -70,7 +71,7 @@ def main() -> None:
     device = resolve_device(base_cfg.device)
     scored = None
     if not args.summary_only:
-        data = prepare_seg_data(base_cfg) if seg else prepare_data(base_cfg)
+        data = kind.prepare(base_cfg)
         assert data.val is not None
         scored = dataclasses.replace(data, test=data.val)  # every method is scored on the validation images
         print(f"labeled {len(data.labeled)}, val {len(data.val)}, transfer {len(data.transfer)}")
@@ -81,10 +82,8 @@ def main() -> None:
             if not cell_file.is_file():
                 cfg = load_config(RunConfig, path, [*base, f"{key}={lr}"])
                 start = time.perf_counter()
-                if seg:
-                    rec = SEG_METHODS[method](SegCell(cfg, scored, device, out / ".cache", out / "teachers"))
-                else:
-                    rec = METHODS[method](Cell(cfg, scored, device, out / ".cache", out / "teachers"))
+                stages = SweepStages(cfg, kind, scored, out / "teachers")
+                rec = METHODS[method](Cell(cfg, kind, scored, device, out / ".cache", stages)).to_json()
                 rec.update({"lr": lr, "key": key, "wall_seconds": round(time.perf_counter() - start, 1)})
                 write_json(cell_file, rec)
     rows = []  # the summary covers every finished cell of the grid, whichever methods this call ran

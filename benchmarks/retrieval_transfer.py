@@ -35,7 +35,7 @@ import numpy as np
 
 from taskdistill.config import RunConfig, load_config
 from taskdistill.engine.atomic import write_json, write_text
-from taskdistill.pipelines.task_oriented import run_task_oriented
+from taskdistill.pipelines.run import run
 from taskdistill.report.sweep_report import mean_std
 from taskdistill.retrieval.demo_pool import DEFAULT_CAPS, SOURCES, build_demo_pool, parse_caps
 from taskdistill.retrieval.embed import EncoderSpec, embed_pool
@@ -85,7 +85,7 @@ def curated(cfg: RunConfig, emb: Path, strategy: str, n: int, out: Path, force: 
 
 
 def top1(rows: list[dict[str, Any]], stage: str) -> float | None:
-    return next((100 * r["top1"] for r in rows if r["stage"] == stage), None)
+    return next((100 * r["test"]["top1"] for r in rows if r["stage"] == stage), None)
 
 
 Job = tuple[str, str, Path | None]  # (row name, strategy, embeddings folder; None: this seed's finetuned teacher)
@@ -104,15 +104,15 @@ def run_seed(args: argparse.Namespace, seed: int, jobs: list[Job], out: Path) ->
     if set(prev) >= {"oracle", *(name for name, _, _ in jobs)}:
         return {"meta": meta, "results": [prev["oracle"]] + [prev[name] for name, _, _ in jobs]}
 
-    def config(name: str, source: str, baselines: str) -> RunConfig:
+    def config(name: str, source: str, methods: str) -> RunConfig:
         return load_config(RunConfig, None, [
             f"seed={seed}", f"name={name}", f"output_dir={out / 'runs'}",
             f"data.labels_per_class={args.labels_per_class}", f"distill.transfer.source={source}",
-            f"distill.transfer.max_images={args.n}", f"baselines={baselines}", *args.overrides])
+            f"distill.transfer.max_images={args.n}", f"run.methods={methods}", *args.overrides])
 
     mode = "force" if args.force else "resume"
     t = time.perf_counter()
-    oracle = run_task_oriented(config("oracle", "unlabeled", "[scratch]"), mode=mode)
+    oracle = run(config("oracle", "unlabeled", "[task-oriented,scratch]"), mode=mode)
     teacher_ckpt = str(oracle.path / "checkpoints" / "teacher")
     results = [{"name": "oracle", "transfer_set": "oracle (task's unlabeled images)", "precision": 1.0,
                 "sources": {TASK_SOURCE: args.n}, "leakage_dropped": None,
@@ -127,14 +127,14 @@ def run_seed(args: argparse.Namespace, seed: int, jobs: list[Job], out: Path) ->
             emb_dir = Path(args.embeddings).parent / f"{Path(args.embeddings).name}-{out.parent.name}-{out.name}-teacher"
             ensure_embeddings(Path(args.pool), emb_dir, EncoderSpec(name=None, checkpoint=teacher_ckpt))
         manifest_dir = out / "manifests" / name
-        summary = curated(config(name, "unlabeled", "[]"), emb_dir, strategy, args.n, manifest_dir, args.force)
-        cfg = config(name, str((manifest_dir / "manifest.csv").resolve()), "[]")
-        run = run_task_oriented(cfg, mode=mode, stages=("student_distilled", "student"), teacher_checkpoint=teacher_ckpt)
+        summary = curated(config(name, "unlabeled", "[task-oriented]"), emb_dir, strategy, args.n, manifest_dir, args.force)
+        cfg = config(name, str((manifest_dir / "manifest.csv").resolve()), "[task-oriented]")
+        done = run(cfg, mode=mode, only=("student_distilled", "student"), given={"teacher": teacher_ckpt})
         label = f"{strategy} (finetuned teacher's embeddings)" if name.endswith(TEACHER_EMB) else name
         results.append({"name": name, "transfer_set": label, "precision": summary["precision"],
                         "sources": summary["sources"], "n_selected": summary["n_selected"],
                         "leakage_dropped": summary["leakage"]["dropped"],
-                        "distilled_top1": top1(run.rows, "student_distilled"), "student_top1": top1(run.rows, "student"),
+                        "distilled_top1": top1(done.rows, "student_distilled"), "student_top1": top1(done.rows, "student"),
                         "seconds": round(time.perf_counter() - t, 1)})
         print(json.dumps(results[-1]))
     meta = {"n": args.n, "labels_per_class": args.labels_per_class, "seed": seed, "overrides": args.overrides,

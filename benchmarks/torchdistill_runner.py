@@ -12,7 +12,7 @@ torchdistill's; our loop only calls the box's `pre_epoch_process` / `forward_pro
 forwarded on every step (torchdistill's default; no `cache_output`), where taskdistill forwards it
 once per (image, view) into a cache and replays the logits.
 
-What is matched to taskdistill's `distill` stage (`pipelines/stages.py`, `tasks/distill.py`,
+What is matched to taskdistill's `distill` stage (`kinds/classification.py`, `tasks/distill.py`,
 `engine/loop.py`), so that the runs differ only in the framework:
 
 - loss: `KDLoss(alpha=0, reduction="batchmean")` weighted by T^2 in `WeightedSumLoss`, i.e.

@@ -134,3 +134,19 @@ def test_compute_plot_needs_seconds(tmp_path: Path) -> None:
     assert "accuracy_vs_compute" not in paths and paths["report_html"].read_text().count("base64,") == 1
     plot_accuracy_vs_labels(records[:1], tmp_path / "one.png")
     assert (tmp_path / "one.png").read_bytes()[:8] == PNG_SIGNATURE
+
+
+def test_how_sure_names_gaps_below_the_seed_and_test_set_noise():
+    from taskdistill.report.sweep_report import how_sure
+
+    def recs(method, values, n=1000):
+        return [{"method": method, "budget": 10, "seed": s, "top1": v, "num_images": n} for s, v in enumerate(values)]
+
+    clear = how_sure(recs("a", [0.80, 0.81, 0.80]) + recs("b", [0.70, 0.71, 0.70]), "top1")
+    assert "a leads b by 10.00 points" in clear[-1] and clear[-1].endswith(": separated")
+    close = how_sure(recs("a", [0.71, 0.70, 0.72]) + recs("b", [0.70, 0.71, 0.70]), "top1")
+    assert close[-1].endswith("NOT separated") and "test set of 1,000 images" in close[-1]
+    # per-pixel scores: the seed spread only
+    seg = how_sure([{**r, "miou": r.pop("top1")} for r in recs("a", [0.5, 0.52, 0.51]) + recs("b", [0.3, 0.31, 0.3])],
+                   "miou")
+    assert "test set" not in seg[-1] and seg[-1].endswith(": separated")

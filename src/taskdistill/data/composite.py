@@ -34,9 +34,9 @@ import numpy as np
 import torch
 from PIL import Image
 
+from taskdistill.atomic import write_json
 from taskdistill.data.segmentation import IGNORE_INDEX, SegmentationSet, SegTaskData
 from taskdistill.data.sources import FASHION_MNIST_CLASSES, load_fashion_mnist
-from taskdistill.engine.atomic import write_json
 from taskdistill.errors import DataError
 
 CACHE_FORMAT = "fashion-composite/1"

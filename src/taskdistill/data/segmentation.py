@@ -22,11 +22,11 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from taskdistill.atomic import atomic_path, write_text
 from taskdistill.data.decode import DecodePolicy
 from taskdistill.data.image_set import UNLABELED, ImageSet
 from taskdistill.data.sources import IMAGE_SUFFIXES, decode_image
 from taskdistill.data.splits import FewShotSplit
-from taskdistill.engine.atomic import atomic_path, write_text
 from taskdistill.errors import DataError
 
 IGNORE_INDEX = 255

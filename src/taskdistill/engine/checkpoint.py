@@ -6,25 +6,21 @@ import json
 from pathlib import Path
 from typing import Any
 
-import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
+from taskdistill.atomic import atomic_path, write_json
 from taskdistill.data.decode import DecodePolicy
 from taskdistill.engine import distributed
-from taskdistill.engine.atomic import atomic_path, write_json
 from taskdistill.errors import CheckpointError
 from taskdistill.models.base import Preprocess
 from taskdistill.models.registry import ModelSpec, rebuild_model
+from taskdistill.models.weights_file import checkpoint_stem, load_weights_into
 from taskdistill.version import __version__
 
 FORMAT = "taskdistill-checkpoint/1"
 
 
-def _stem(path: str | Path) -> Path:
-    p = Path(path)
-    return p.with_suffix("") if p.suffix in (".safetensors", ".json") else p
 
 
 def save_checkpoint(path: str | Path, model: nn.Module, class_names: list[str], stage: str,
@@ -39,7 +35,7 @@ def save_checkpoint(path: str | Path, model: nn.Module, class_names: list[str], 
     Under a process group only rank 0 writes (every rank holds the same model) and every rank returns once
     the files exist.
     """
-    stem = _stem(path)
+    stem = checkpoint_stem(path)
     weights = stem.with_suffix(".safetensors")
     extra = {**(extra or {}), **({"decode": decode.to_dict()} if decode is not None else {})}
     distributed.on_main(lambda: _write_checkpoint(stem, model, class_names, stage, config, extra))
@@ -81,7 +77,7 @@ META_KEYS = ("model", "class_names", "preprocess")  # what `load_checkpoint` nee
 def read_meta(path: str | Path) -> dict[str, Any]:
     """A checkpoint's metadata (`<stem>.json`), checked: CheckpointError naming the file if it is missing,
     unreadable, of another format, or lacks what a checkpoint records."""
-    stem = _stem(path)
+    stem = checkpoint_stem(path)
     meta_path = stem.with_suffix(".json")
     if not meta_path.is_file():
         raise CheckpointError(f"checkpoint '{stem}' has no metadata file '{meta_path}'; is it a taskdistill checkpoint?")
@@ -100,71 +96,6 @@ def read_meta(path: str | Path) -> dict[str, Any]:
     return meta
 
 
-def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
-    """Every tensor of a `.safetensors` file; a truncated or corrupt file is a CheckpointError naming it."""
-    try:
-        return load_file(str(path))
-    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
-        size = path.stat().st_size
-        raise CheckpointError(f"weights file '{path}' ({size:,} bytes) is truncated or corrupt and cannot be read "
-                              f"({type(e).__name__}: {e}); copy it again, or rerun the stage that wrote it") from None
-
-
-def _read_state(path: Path) -> dict[str, torch.Tensor]:
-    if not path.is_file():
-        raise CheckpointError(f"weights file '{path}' does not exist")
-    if path.suffix == ".safetensors":
-        return _read_safetensors(path)
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any unpickling failure is the user's file
-        raise CheckpointError(f"cannot read weights file '{path}': {e}") from None
-    if isinstance(state, dict) and "state_dict" in state:
-        state = state["state_dict"]
-    if not isinstance(state, dict):
-        raise CheckpointError(f"'{path}' does not hold a state dict")
-    return state
-
-
-def fit_problem(model: nn.Module, state: dict[str, Any]) -> str | None:
-    """One line on how `state` differs from `model`'s own state dict (names, then shapes), or None if it fits."""
-    own = model.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    wrong = [k for k in own if k in state and tuple(getattr(state[k], "shape", ())) != tuple(own[k].shape)]
-    parts = []
-
-    def listed(keys: list[str]) -> str:
-        return ", ".join(keys[:3]) + (f" (+{len(keys) - 3} more)" if len(keys) > 3 else "")
-
-    if wrong:
-        k = wrong[0]
-        more = f" (+{len(wrong) - 1} more tensors of another shape)" if len(wrong) > 1 else ""
-        parts.append(f"{k} is {list(state[k].shape)} in the file, {list(own[k].shape)} in the model{more}")
-    if missing:
-        parts.append(f"missing {listed(missing)}")
-    if unexpected:
-        parts.append(f"unexpected {listed(unexpected)}")
-    return "; ".join(parts) or None
-
-
-def load_weights_into(model: nn.Module, path: str | Path) -> None:
-    """Load a `.safetensors` / `.pt` state dict (or a taskdistill checkpoint stem) into `model`, strictly:
-    every tensor name and shape must match the model's (CheckpointError naming the file and the first misfit)."""
-    p = Path(path)
-    weights = _stem(p).with_suffix(".safetensors") if p.suffix in ("", ".json") else p
-    state = _read_state(weights)
-    name = getattr(getattr(model, "spec", None), "name", type(model).__name__)
-    problem = fit_problem(model, state)
-    if problem is not None:
-        raise CheckpointError(f"weights in '{weights}' do not fit model '{name}': {problem}. Load them into the model "
-                              f"they were saved from (same architecture and class count)")
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as e:
-        raise CheckpointError(f"weights in '{weights}' do not fit model '{name}': {str(e)[:500]}") from None
-
-
 def load_checkpoint(path: str | Path, expect_classes: list[str] | None = None) -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild the model a checkpoint describes and load its weights (no pickle: safetensors only).
 
@@ -173,12 +104,12 @@ def load_checkpoint(path: str | Path, expect_classes: list[str] | None = None) -
     meta = read_meta(path)
     if expect_classes is not None and list(meta["class_names"]) != list(expect_classes):
         raise CheckpointError(
-            f"checkpoint '{_stem(path)}' was trained on classes {meta['class_names']}, but the data has "
+            f"checkpoint '{checkpoint_stem(path)}' was trained on classes {meta['class_names']}, but the data has "
             f"{list(expect_classes)}. Use a checkpoint trained on this dataset, or point the data at the same classes."
         )
     spec = ModelSpec.from_dict(meta["model"])
     model = rebuild_model(spec)
     model.preprocess = Preprocess.from_dict(meta["preprocess"])
-    load_weights_into(model, _stem(path).with_suffix(".safetensors"))
+    load_weights_into(model, checkpoint_stem(path).with_suffix(".safetensors"))
     model.eval()
     return model, meta

@@ -113,7 +113,7 @@ def create_model(
     model.spec = ModelSpec(name=name, num_classes=num_classes, input_size=model.preprocess.input_size, kwargs=kwargs)
     to_channels_last(model)  # measurably faster convolutions on CPU (see BENCHMARKS.md), minus the unsafe ones
     if checkpoint is not None:
-        from taskdistill.engine.checkpoint import load_weights_into
+        from taskdistill.models.weights_file import load_weights_into
 
         load_weights_into(model, checkpoint)
     return model

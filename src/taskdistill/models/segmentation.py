@@ -83,8 +83,6 @@ class SegmentationModel(nn.Module):
     `forward_head(feats, pre_logits=True)` the fused head features `[B, num_features, S/s, S/s]`.
     """
 
-    task = "segmentation"
-
     def __init__(self, backbone: nn.Module, num_classes: int, preprocess: Preprocess, head_width: int = 64,
                  min_stride: int = 4) -> None:
         super().__init__()
@@ -190,7 +188,3 @@ def create_segmentation_model(backbone: str, num_classes: int, pretrained: bool 
     pre = Preprocess(mean=tuple(float(v) for v in cfg["mean"]), std=tuple(float(v) for v in cfg["std"]),
                      input_size=int(input_size or cfg["input_size"][-1]))
     return SegmentationModel(features, num_classes, pre, head_width=head_width, min_stride=min_stride)
-
-
-def is_segmentation_model(model: nn.Module) -> bool:
-    return getattr(model, "task", None) == "segmentation"

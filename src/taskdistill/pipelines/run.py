@@ -19,11 +19,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from taskdistill.atomic import write_json, write_text
 from taskdistill.config.load import dump_yaml, to_dict
 from taskdistill.config.schema import RunConfig
 from taskdistill.data.prepare import PreparedData
 from taskdistill.engine import distributed
-from taskdistill.engine.atomic import write_json, write_text
 from taskdistill.engine.checkpoint import load_checkpoint, save_checkpoint
 from taskdistill.engine.compute import count_parameters, forward_gflops
 from taskdistill.engine.device import resolve_device, set_threads

@@ -18,11 +18,11 @@ import yaml
 from torch import nn
 from tqdm.auto import tqdm
 
+from taskdistill.atomic import write_json, write_text
 from taskdistill.config.load import from_dict, to_dict
 from taskdistill.config.schema import RunConfig
 from taskdistill.data.prepare import PreparedData
 from taskdistill.engine import distributed
-from taskdistill.engine.atomic import write_json, write_text
 from taskdistill.engine.checkpoint import load_checkpoint, save_checkpoint
 from taskdistill.engine.device import resolve_device, set_threads
 from taskdistill.errors import ConfigError, RunFolderError

@@ -11,13 +11,14 @@ import csv
 import html
 import io
 import json
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from taskdistill.engine.atomic import atomic_path, write_text
+from taskdistill.atomic import atomic_path, write_text
 from taskdistill.report.markdown import markdown_table
 
 Groups = dict[str, dict[int, list[float]]]
@@ -214,7 +215,6 @@ def plot_accuracy_vs_compute(records: Sequence[dict[str, Any]], path: Path, metr
 
     Wall time is the one compute measure every cell records end to end (teacher, distillation, finetune).
     """
-    import math
 
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -259,6 +259,35 @@ padding:.35em .7em;text-align:right}th:first-child,td:first-child{text-align:lef
 img{max-width:100%;border:1px solid #eee;margin:.5em 0}.note{color:#666;font-size:.9em}"""
 
 
+def how_sure(records: Sequence[dict[str, Any]], metric: str) -> list[str]:
+    """Lines on how sure the table is: each budget's best method against the runner-up, with the seed spread
+    and (for image-level proportions, when records carry `num_images`) the test set's 95% noise."""
+    groups = _group(records, metric)
+    n = min((int(r["num_images"]) for r in records if r.get("num_images")), default=0)
+    proportion = metric in ("top1", "macro_accuracy") and n > 0
+    lines = []
+    for b in _budgets(groups):
+        ranked = sorted(((mean_std(v[b])[0], m, v[b]) for m, v in groups.items() if b in v), reverse=True)
+        if len(ranked) < 2:
+            continue
+        (m1, best, v1), (m2, second, v2) = ranked[0], ranked[1]
+        seeds = min(len(v1), len(v2))
+        spread = math.sqrt((mean_std(v1)[1] ** 2 + mean_std(v2)[1] ** 2) / max(seeds, 1)) if seeds > 1 else 0.0
+        test = 1.96 * math.sqrt((m1 * (1 - m1) + m2 * (1 - m2)) / (n * max(seeds, 1))) if proportion else 0.0
+        noise = 1.96 * spread + test if seeds > 1 or proportion else None
+        if noise is None:
+            continue
+        gap = m1 - m2
+        verdict = "separated" if gap > noise else "NOT separated"
+        lines.append(f"- budget {b}: {best} leads {second} by {100 * gap:.2f} points; 95% noise ±{100 * noise:.2f} "
+                     f"(seed spread over {seeds} seeds" + (f" + test set of {n:,} images" if proportion else "")
+                     + f"): {verdict}")
+    if not lines:
+        return []
+    return ["How sure: the best method of each budget against the runner-up (a gap below the noise needs more "
+            "seeds or a larger test set):", "", *lines]
+
+
 def write_sweep_report(records: list[dict[str, Any]], folder: Path, title: str,
                        metric: str = "top1", budget_unit: str = LABELS_PER_CLASS) -> dict[str, Path]:
     """Write results.json/.csv, the two PNGs, report.md and a self-contained report.html; return their paths.
@@ -277,8 +306,9 @@ def write_sweep_report(records: list[dict[str, Any]], folder: Path, title: str,
     seeds = {r.get("seed") for r in records}
     note = (f"Cells: `{metric}` in %, mean ± sample std (ddof=1) over seeds ({len(seeds)} distinct); "
             "best mean per budget in bold. Wall time: mean `seconds` per run of the method.")
+    sure = how_sure(records, metric)
     pngs = [(k, p) for k, p in paths.items() if p.suffix == ".png"]
-    md = [f"# {title}", "", note, "", table, ""] + [f"![{k}]({p.name})\n" for k, p in pngs]
+    md = [f"# {title}", "", note, "", table, "", *sure, ""] + [f"![{k}]({p.name})\n" for k, p in pngs]
     paths["report_md"] = folder / "report.md"
     write_text(paths["report_md"], "\n".join(md))
     imgs = "".join(f'<h2>{html.escape(k.replace("_", " "))}</h2>\n<img alt="{k}" src="data:image/png;base64,'
@@ -286,7 +316,9 @@ def write_sweep_report(records: list[dict[str, Any]], folder: Path, title: str,
     page = (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
             f"<style>{_CSS}</style></head>\n<body>\n<h1>{html.escape(title)}</h1>\n"
             f'<p class="note">{html.escape(note).replace("`", "")}</p>\n{_html_table(records, metric, budget_unit)}\n'
-            f"{imgs}</body></html>\n")
+            + "".join(f'<p class="note">{html.escape(line.lstrip("- ")).replace("`", "").replace("**", "")}</p>\n'
+                      for line in sure if line)
+            + f"{imgs}</body></html>\n")
     paths["report_html"] = folder / "report.html"
     write_text(paths["report_html"], page)
     return paths
