@@ -8,6 +8,7 @@ tests the kind by name. A new kind (detection) is a new subclass registered in `
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import time
 from abc import ABC, abstractmethod
@@ -23,10 +24,29 @@ from taskdistill.data.image_set import ImageSet
 from taskdistill.data.prepare import LabeledSet, PreparedData
 from taskdistill.data.streaming import ShardStream
 from taskdistill.engine.compute import count_parameters
-from taskdistill.engine.loop import FitResult
+from taskdistill.engine.inference import BatchSize
+from taskdistill.engine.loop import FitResult, LoopOptions
 from taskdistill.errors import ConfigError
 from taskdistill.kinds.predictions import PredictOptions
 from taskdistill.results import FitInfo, Metrics, StageCost
+
+
+def part_options(options: LoopOptions | None, part: str) -> LoopOptions | None:
+    """The options of one part of a stage (the teacher's probe, then its finetune): its files in `<dir>/<part>/`."""
+    if options is None:
+        return None
+
+    def sub(path: Path | None) -> Path | None:
+        return None if path is None else path.parent / part / path.name
+
+    return dataclasses.replace(options, checkpoint_path=sub(options.checkpoint_path), log_path=sub(options.log_path),
+                               tensorboard_dir=sub(options.tensorboard_dir))
+
+
+def inference_batch(cfg: RunConfig) -> BatchSize:
+    """The batch of teacher-output caching and evaluation: `eval_batch_size`, or the largest that fits
+    (`execution.auto_batch`, on CUDA)."""
+    return "auto" if cfg.execution.auto_batch else cfg.eval_batch_size
 
 
 def fit_info(result: FitResult) -> FitInfo:
@@ -85,20 +105,21 @@ class TaskKind(ABC):
     # ---- training -----------------------------------------------------------------------------------------
     @abstractmethod
     def supervised(self, model: nn.Module, labeled: LabeledSet, opt: OptimConfig, seed: int, device: torch.device,
-                   desc: str, head_only: bool = False) -> FitInfo:
+                   desc: str, head_only: bool = False, options: LoopOptions | None = None) -> FitInfo:
         """Train `model` on the labels (the whole model, or only its head on a frozen backbone)."""
 
     def train_teacher(self, teacher: nn.Module, cfg: TeacherConfig, labeled: LabeledSet, seed: int,
-                      device: torch.device) -> StageCost:
+                      device: torch.device, options: LoopOptions | None = None) -> StageCost:
         """Stage 1: a task head on the pretrained backbone; linear probe, full finetune, or probe then finetune."""
         start = time.perf_counter()
         teacher.to(device)
         parts: dict[str, FitInfo] = {}
         if cfg.mode in ("linear-probe", "lp-ft"):
             parts["probe"] = self.supervised(teacher, labeled, cfg.probe, seed, device, "teacher probe",
-                                             head_only=True)
+                                             head_only=True, options=part_options(options, "probe"))
         if cfg.mode in ("finetune", "lp-ft"):
-            parts["finetune"] = self.supervised(teacher, labeled, cfg.train, seed, device, "teacher finetune")
+            parts["finetune"] = self.supervised(teacher, labeled, cfg.train, seed, device, "teacher finetune",
+                                                options=part_options(options, "finetune"))
         teacher.eval()
         details: dict[str, Any] = {"model": teacher.spec.name, "mode": cfg.mode, "params": count_parameters(teacher)}
         details.update({k: vars(v) for k, v in parts.items()})
@@ -107,18 +128,20 @@ class TaskKind(ABC):
 
     @abstractmethod
     def distill(self, student: nn.Module, teacher: nn.Module, transfer: ImageSet | ShardStream,
-                dcfg: DistillConfig, cfg: RunConfig, cache_dir: Path, seed: int, device: torch.device) -> StageCost:
+                dcfg: DistillConfig, cfg: RunConfig, cache_dir: Path, seed: int, device: torch.device,
+                options: LoopOptions | None = None) -> StageCost:
         """Stage 2: the student learns the teacher's softened task outputs over the transfer set."""
 
     @abstractmethod
     def feature_distill(self, student: nn.Module, teacher: nn.Module, transfer: ImageSet | ShardStream,
-                        cfg: RunConfig, cache_dir: Path, seed: int, device: torch.device) -> StageCost:
+                        cfg: RunConfig, cache_dir: Path, seed: int, device: torch.device,
+                        options: LoopOptions | None = None) -> StageCost:
         """Task-agnostic stage: the student's projected features match the frozen teacher's (no labels)."""
 
     # ---- metrics ------------------------------------------------------------------------------------------
     @abstractmethod
-    def evaluate(self, model: nn.Module, test: LabeledSet, device: torch.device, batch_size: int,
-                 desc: str) -> Metrics:
+    def evaluate(self, model: nn.Module, test: LabeledSet, device: torch.device, batch_size: BatchSize,
+                 desc: str, precision: str = "fp32") -> Metrics:
         """The model's metrics on a labeled set."""
 
     @abstractmethod

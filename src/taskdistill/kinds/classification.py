@@ -18,9 +18,10 @@ from taskdistill.data.streaming import ShardStream
 from taskdistill.engine.batches import ImageBatches, ViewBatches
 from taskdistill.engine.checkpoint import decode_policy_of
 from taskdistill.engine.evaluate import evaluate
-from taskdistill.engine.loop import fit
+from taskdistill.engine.inference import BatchSize
+from taskdistill.engine.loop import LoopOptions, fit
 from taskdistill.engine.schedule import schedule_of
-from taskdistill.kinds.base import TaskKind, fit_info
+from taskdistill.kinds.base import TaskKind, fit_info, inference_batch
 from taskdistill.kinds.predictions import PredictOptions, predict_classes
 from taskdistill.models.registry import create_model
 from taskdistill.results import FitInfo, Metrics, StageCost
@@ -66,25 +67,28 @@ class Classification(TaskKind):
                             checkpoint=spec.checkpoint, drop_rate=spec.drop_rate, drop_path_rate=spec.drop_path_rate)
 
     def supervised(self, model: nn.Module, labeled: ImageSet, opt: OptimConfig, seed: int, device: torch.device,
-                   desc: str, head_only: bool = False) -> FitInfo:
+                   desc: str, head_only: bool = False, options: LoopOptions | None = None) -> FitInfo:
         """Cross-entropy on the labels; a head-only run without augmentation is a linear probe on features
         computed once."""
         if head_only and opt.augment == "none":
-            feats = pooled_features(model, labeled.images, device=device)
+            feats = pooled_features(model, labeled.images, device=device,
+                                    precision=options.precision if options is not None else "fp32")
             probe = LinearProbeTask(model.get_classifier(), opt.label_smoothing)
             result = fit(probe, FeatureBatches(feats, labeled.labels), schedule_of(opt), seed=seed, device=device,
-                         desc=desc)
+                         desc=desc, options=options)
             return dataclasses.replace(fit_info(result), images=len(labeled))
         task = SupervisedTask(model, augment=opt.augment, label_smoothing=opt.label_smoothing, head_only=head_only,
                               freeze_bn=opt.freeze_bn, seed=seed)
         try:
-            return fit_info(fit(task, ImageBatches(labeled), schedule_of(opt), seed=seed, device=device, desc=desc))
+            return fit_info(fit(task, ImageBatches(labeled), schedule_of(opt), seed=seed, device=device, desc=desc,
+                                options=options))
         finally:
             for p in model.parameters():
                 p.requires_grad_(True)
 
     def distill(self, student: nn.Module, teacher: nn.Module, transfer: ImageSet | ShardStream,
-                dcfg: DistillConfig, cfg: RunConfig, cache_dir: Path, seed: int, device: torch.device) -> StageCost:
+                dcfg: DistillConfig, cfg: RunConfig, cache_dir: Path, seed: int, device: torch.device,
+                options: LoopOptions | None = None) -> StageCost:
         """KL between softened teacher and student predictions. In-memory transfer set: the teacher's outputs
         for every (image, view) come from the on-disk cache (computed on a miss); a streamed (`wds:`) one
         runs the teacher on the fly on every batch."""
@@ -93,39 +97,43 @@ class Classification(TaskKind):
             teacher.to(device).eval()
             task = OnlineDistillTask(student, teacher, dcfg.temperature, view_seed=seed)
             info = fit_info(fit(task, transfer, schedule_of(dcfg.train), seed=seed, device=device,
-                                desc="distill (streamed)"))
+                                desc="distill (streamed)", options=options))
             return StageCost(seconds=info.seconds, student_images=info.images, teacher_images=info.images, fit=info,
                              details={**facts, "soft_labels": "on the fly", "shards": len(transfer.urls),
                                       "cache": {"hit": False, "mode": "teacher on the fly"}})
         views = dcfg.transfer.views
         outputs, cache = cached_teacher_outputs(teacher, transfer, views, view_seed=seed, cache_dir=cache_dir,
-                                                batch_size=cfg.eval_batch_size, device=device, storage=storage_of(dcfg))
+                                                batch_size=inference_batch(cfg), device=device, storage=storage_of(dcfg),
+                                                precision=cfg.execution.precision, compile=cfg.execution.compile)
         task = DistillTask(student, outputs, dcfg.temperature, view_seed=seed)
         info = fit_info(fit(task, ViewBatches(transfer, views, seed), schedule_of(dcfg.train), seed=seed,
-                            device=device, desc="distill"))
+                            device=device, desc="distill", options=options))
         return StageCost(seconds=info.seconds, student_images=info.images, teacher_images=cache["teacher_images"],
                          cache_seconds=cache["seconds"], fit=info,
                          details={**facts, "soft_labels": dcfg.soft_labels, "bytes_per_view": cache["bytes_per_view"],
                                   "cache": cache})
 
     def feature_distill(self, student: nn.Module, teacher: nn.Module, transfer: ImageSet | ShardStream,
-                        cfg: RunConfig, cache_dir: Path, seed: int, device: torch.device) -> StageCost:
+                        cfg: RunConfig, cache_dir: Path, seed: int, device: torch.device,
+                        options: LoopOptions | None = None) -> StageCost:
         """The student's projected pooled features match the frozen teacher's cached ones (cosine or
         contrastive) over the transfer set."""
         fcfg, views = cfg.feature_distill, cfg.distill.transfer.views
-        feats, cache = cached_teacher_outputs(teacher, transfer, views, seed, cache_dir, cfg.eval_batch_size, device,
-                                              kind="features")  # type: ignore[arg-type]
+        feats, cache = cached_teacher_outputs(teacher, transfer, views, seed, cache_dir, inference_batch(cfg),  # type: ignore[arg-type]
+                                              device, kind="features", precision=cfg.execution.precision,
+                                              compile=cfg.execution.compile)
         projector = make_projector(student, feats.shape[-1], fcfg.projector_hidden).to(device)
         task = FeatureDistillTask(student, projector, feats, fcfg.loss, fcfg.contrastive_temperature, seed)
         info = fit_info(fit(task, ViewBatches(transfer, views, seed), schedule_of(fcfg.train), seed=seed,  # type: ignore[arg-type]
-                            device=device, desc="feature distill"))
+                            device=device, desc="feature distill", options=options))
         return StageCost(seconds=info.seconds, student_images=info.images, teacher_images=cache["teacher_images"],
                          cache_seconds=cache["seconds"], fit=info, details={"cache": cache})
 
-    def evaluate(self, model: nn.Module, test: ImageSet, device: torch.device, batch_size: int,
-                 desc: str) -> Metrics:
+    def evaluate(self, model: nn.Module, test: ImageSet, device: torch.device, batch_size: BatchSize,
+                 desc: str, precision: str = "fp32") -> Metrics:
         start = time.perf_counter()
-        m = evaluate(model, test.images, test.labels, test.class_names, batch_size=batch_size, device=device, desc=desc)
+        m = evaluate(model, test.images, test.labels, test.class_names, batch_size=batch_size, device=device, desc=desc,
+                     precision=precision)
         return Metrics(scores={"top1": m["top1"], "macro_accuracy": m["macro_accuracy"]},
                        per_class=m["per_class_accuracy"], per_class_name="accuracy", num_images=m["num_images"],
                        seconds=time.perf_counter() - start, confusion_matrix=m["confusion_matrix"])

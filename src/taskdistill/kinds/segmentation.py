@@ -31,12 +31,13 @@ from taskdistill.data.segmentation import SegmentationSet, SegTaskData, few_shot
 from taskdistill.data.sources import TaskData
 from taskdistill.data.streaming import ShardStream
 from taskdistill.engine.batches import ViewBatches
-from taskdistill.engine.loop import fit
+from taskdistill.engine.inference import BatchSize
+from taskdistill.engine.loop import LoopOptions, fit
 from taskdistill.engine.schedule import schedule_of
 from taskdistill.engine.seg_batches import SegBatches
 from taskdistill.engine.seg_metrics import evaluate_segmentation
 from taskdistill.errors import ConfigError, DataError
-from taskdistill.kinds.base import TaskKind, fit_info
+from taskdistill.kinds.base import TaskKind, fit_info, inference_batch
 from taskdistill.kinds.predictions import PredictOptions, predict_masks
 from taskdistill.models.registry import create_model
 from taskdistill.models.segmentation import SEG_PREFIX
@@ -115,12 +116,14 @@ class Segmentation(TaskKind):
         return {"task": self.name, "ignore_index": cfg.segmentation.ignore_index}
 
     def supervised(self, model: nn.Module, labeled: SegmentationSet, opt: OptimConfig, seed: int,
-                   device: torch.device, desc: str, head_only: bool = False) -> FitInfo:
+                   device: torch.device, desc: str, head_only: bool = False,
+                   options: LoopOptions | None = None) -> FitInfo:
         """Per-pixel cross-entropy on the labeled masks (whole model, or the head on a frozen backbone)."""
         task = SegSupervisedTask(model, augment=opt.augment, head_only=head_only, freeze_bn=opt.freeze_bn,
                                  ignore_index=labeled.ignore_index, seed=seed)
         try:
-            return fit_info(fit(task, SegBatches(labeled), schedule_of(opt), seed=seed, device=device, desc=desc))
+            return fit_info(fit(task, SegBatches(labeled), schedule_of(opt), seed=seed, device=device, desc=desc,
+                                options=options))
         finally:
             for p in model.parameters():
                 p.requires_grad_(True)
@@ -132,21 +135,24 @@ class Segmentation(TaskKind):
         return transfer
 
     def distill(self, student: nn.Module, teacher: nn.Module, transfer: ImageSet | ShardStream,
-                dcfg: DistillConfig, cfg: RunConfig, cache_dir: Path, seed: int, device: torch.device) -> StageCost:
+                dcfg: DistillConfig, cfg: RunConfig, cache_dir: Path, seed: int, device: torch.device,
+                options: LoopOptions | None = None) -> StageCost:
         """Per-pixel KL to the teacher's cached logits over the transfer set."""
         transfer, seg, views = self._transfer(transfer), cfg.segmentation, dcfg.transfer.views
-        logits, cache = cached_dense_outputs(teacher, transfer, views, seed, cache_dir, cfg.eval_batch_size, device,
-                                             kind="dense-logits", grid_size=seg.cache_grid)
+        logits, cache = cached_dense_outputs(teacher, transfer, views, seed, cache_dir, inference_batch(cfg), device,
+                                             kind="dense-logits", grid_size=seg.cache_grid,
+                                             precision=cfg.execution.precision)
         task = DenseDistillTask(student, logits, dcfg.temperature, view_seed=seed, ignore_index=seg.ignore_index)
         info = fit_info(fit(task, ViewBatches(transfer, views, seed), schedule_of(dcfg.train), seed=seed,
-                            device=device, desc="dense distill"))
+                            device=device, desc="dense distill", options=options))
         return StageCost(seconds=info.seconds, student_images=info.images, teacher_images=cache["teacher_images"],
                          cache_seconds=cache["seconds"], fit=info,
                          details={"transfer_images": len(transfer), "temperature": dcfg.temperature, "views": views,
                                   "bytes_per_view": cache["bytes_per_view"], "grid": cache["grid"], "cache": cache})
 
     def feature_distill(self, student: nn.Module, teacher: nn.Module, transfer: ImageSet | ShardStream,
-                        cfg: RunConfig, cache_dir: Path, seed: int, device: torch.device) -> StageCost:
+                        cfg: RunConfig, cache_dir: Path, seed: int, device: torch.device,
+                        options: LoopOptions | None = None) -> StageCost:
         """The student's projected dense features match the frozen teacher's backbone level
         `segmentation.feature_level` (cosine per location) over the transfer set."""
         fcfg, seg, views = cfg.feature_distill, cfg.segmentation, cfg.distill.transfer.views
@@ -154,19 +160,20 @@ class Segmentation(TaskKind):
             raise ConfigError(f"segmentation's task-agnostic baseline matches dense features with a cosine loss; "
                               f"feature_distill.loss={fcfg.loss!r} is for classification. Set feature_distill.loss=cosine")
         transfer = self._transfer(transfer)
-        feats, cache = cached_dense_outputs(teacher, transfer, views, seed, cache_dir, cfg.eval_batch_size, device,
-                                            kind="dense-features", level=seg.feature_level)
+        feats, cache = cached_dense_outputs(teacher, transfer, views, seed, cache_dir, inference_batch(cfg), device,
+                                            kind="dense-features", level=seg.feature_level,
+                                            precision=cfg.execution.precision)
         projector = DenseProjector(student.num_features, feats.grid[0], fcfg.projector_hidden).to(device)
         task = DenseFeatureDistillTask(student, projector, feats, view_seed=seed)
         info = fit_info(fit(task, ViewBatches(transfer, views, seed), schedule_of(fcfg.train), seed=seed,
-                            device=device, desc="dense feature distill"))
+                            device=device, desc="dense feature distill", options=options))
         return StageCost(seconds=info.seconds, student_images=info.images, teacher_images=cache["teacher_images"],
                          cache_seconds=cache["seconds"], fit=info, details={"grid": cache["grid"], "cache": cache})
 
-    def evaluate(self, model: nn.Module, test: SegmentationSet, device: torch.device, batch_size: int,
-                 desc: str) -> Metrics:
+    def evaluate(self, model: nn.Module, test: SegmentationSet, device: torch.device, batch_size: BatchSize,
+                 desc: str, precision: str = "fp32") -> Metrics:
         start = time.perf_counter()
-        m = evaluate_segmentation(model, test, batch_size=batch_size, device=device, desc=desc)
+        m = evaluate_segmentation(model, test, batch_size=batch_size, device=device, desc=desc)  # type: ignore[arg-type]
         return Metrics(scores={k: m[k] for k in ("miou", "pixel_accuracy", "mean_accuracy")},
                        per_class=m["per_class_iou"], per_class_name="iou", num_images=m["num_images"],
                        seconds=time.perf_counter() - start, confusion_matrix=m["confusion_matrix"])

@@ -22,7 +22,9 @@ from torch import nn
 from taskdistill.config.schema import DistillConfig, RunConfig, TeacherConfig
 from taskdistill.data.prepare import PreparedData
 from taskdistill.engine.compute import count_parameters, forward_gflops
+from taskdistill.engine.loop import LoopOptions
 from taskdistill.kinds import TaskKind
+from taskdistill.kinds.base import inference_batch
 from taskdistill.results import MethodRecord, Metrics, ModelCost, StageCost
 
 
@@ -41,6 +43,10 @@ class StageStore(Protocol):
               chain: tuple[str, ...] = ()) -> StageOutcome:
         """Run `train` (which trains `model` in place) as stage `name`, or load it where it finished before.
         `chain`: the earlier stages of the same student (their seconds add to its report row)."""
+        ...
+
+    def options(self, name: str) -> LoopOptions:
+        """How the loop runs stage `name` (precision, compilation, mid-stage checkpoints, scalar logs)."""
         ...
 
 
@@ -112,7 +118,7 @@ class Cell:
     def train_teacher(self, name: str, title: str, cfg: TeacherConfig, meter: Meter) -> nn.Module:
         teacher = self.teacher()
         out = self.stages.stage(name, title, teacher, lambda: self.kind.train_teacher(
-            teacher, cfg, self.data.labeled, self.seed, self.device))
+            teacher, cfg, self.data.labeled, self.seed, self.device, self.stages.options(name)))
         meter.add("teacher", out.cost.seconds, teacher_images=out.cost.teacher_images)
         return teacher
 
@@ -128,7 +134,8 @@ class Cell:
 
         def train() -> StageCost:
             start = time.perf_counter()
-            info = self.kind.supervised(model, self.data.labeled, opt, self.seed, self.device, f"student {opt_name}")
+            info = self.kind.supervised(model, self.data.labeled, opt, self.seed, self.device, f"student {opt_name}",
+                                        options=self.stages.options(name))
             return StageCost(seconds=round(time.perf_counter() - start, 2), student_images=info.images, fit=info)
 
         out = self.stages.stage(name, title, model, train, chain)
@@ -139,14 +146,16 @@ class Cell:
     def distill(self, name: str, title: str, student: nn.Module, teacher: nn.Module, dcfg: DistillConfig,
                 meter: Meter) -> StageOutcome:
         out = self.stages.stage(name, title, student, lambda: self.kind.distill(
-            student, teacher, self.data.transfer, dcfg, self.cfg, self.cache_dir, self.seed, self.device))
+            student, teacher, self.data.transfer, dcfg, self.cfg, self.cache_dir, self.seed, self.device,
+            self.stages.options(name)))
         meter.add_training("distill", out.cost)
         return out
 
     def feature_distill(self, name: str, title: str, student: nn.Module, teacher: nn.Module,
                         meter: Meter) -> StageOutcome:
         out = self.stages.stage(name, title, student, lambda: self.kind.feature_distill(
-            student, teacher, self.data.transfer, self.cfg, self.cache_dir, self.seed, self.device))
+            student, teacher, self.data.transfer, self.cfg, self.cache_dir, self.seed, self.device,
+            self.stages.options(name)))
         meter.add_training("distill", out.cost)
         return out
 
@@ -154,7 +163,8 @@ class Cell:
                last: StageOutcome | None = None) -> MethodRecord:
         """The method's record: its final model's test metrics (the store's, or measured now) and its cost."""
         test = last.test if last is not None and last.test is not None else self.kind.evaluate(
-            model, self.data.test, self.device, self.cfg.eval_batch_size, f"evaluate {method}")
+            model, self.data.test, self.device, inference_batch(self.cfg), f"evaluate {method}",
+            self.cfg.execution.precision)
         return MethodRecord(method=method, task=self.kind.name, budget=self.budget, budget_unit=self.kind.budget_unit,
                             seed=self.seed, metrics=test, stage_seconds=dict(meter.stage_seconds),
                             teacher_images=meter.teacher_images, student_images=meter.student_images,

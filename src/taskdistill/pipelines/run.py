@@ -28,8 +28,10 @@ from taskdistill.engine.checkpoint import load_checkpoint, save_checkpoint
 from taskdistill.engine.compute import count_parameters, forward_gflops
 from taskdistill.engine.device import resolve_device, set_threads
 from taskdistill.engine.latency import model_latency
+from taskdistill.engine.loop import LoopOptions, loop_options
 from taskdistill.errors import RunFolderError
 from taskdistill.kinds import TaskKind, kind_of
+from taskdistill.kinds.base import inference_batch
 from taskdistill.pipelines.cell import Cell, StageOutcome
 from taskdistill.pipelines.methods import METHODS, check_methods, final_stage
 from taskdistill.pipelines.preflight import check_output_folders
@@ -96,13 +98,13 @@ class FolderStages:
         seconds = round(time.perf_counter() - start, 2)
         save_checkpoint(self.folder.checkpoint(name), model, self.data.class_names, stage=name,
                         config=to_dict(self.cfg), extra=self.kind.checkpoint_extra(self.cfg), decode=self.data.policy)
-        bs = self.cfg.eval_batch_size
-        test = self.kind.evaluate(model, self.data.test, self.device, bs, f"evaluate {name}")
+        bs, precision = inference_batch(self.cfg), self.cfg.execution.precision
+        test = self.kind.evaluate(model, self.data.test, self.device, bs, f"evaluate {name}", precision)
         info: dict[str, Any] = {"title": title, "model": model.spec.name, "chain": list(chain),
                                 "seconds_total": seconds, "cost": cost.to_json(), "test": test.to_json(),
                                 "params": count_parameters(model)}
         if self.data.val is not None:
-            info["val"] = self.kind.evaluate(model, self.data.val, self.device, bs, f"val {name}").to_json()
+            info["val"] = self.kind.evaluate(model, self.data.val, self.device, bs, f"val {name}", precision).to_json()
         if name in LATENCY_STAGES:  # what the student buys: measured where the run ran, on its device
             info["gflops"] = round(forward_gflops(model), 4)
             info["latency"] = model_latency(model).to_dict()
@@ -110,6 +112,11 @@ class FolderStages:
         self.ran.append(name)
         self.log.info(f"[{name}] test {self.kind.summary(test)}  ({seconds:.0f} s)")
         return StageOutcome(cost, test)
+
+    def options(self, name: str) -> LoopOptions:
+        """Stage files in `<run>/stages/<name>/`: the scalar log (CSV, TensorBoard), the mid-stage checkpoint
+        that `--resume` continues from."""
+        return loop_options(self.cfg, name, self.folder.path / "stages" / name)
 
     def _load_into(self, model: nn.Module, ckpt: str | Path) -> None:
         loaded, meta = load_checkpoint(ckpt, expect_classes=self.data.class_names)

@@ -25,6 +25,7 @@ from taskdistill.data.prepare import PreparedData
 from taskdistill.engine import distributed
 from taskdistill.engine.checkpoint import load_checkpoint, save_checkpoint
 from taskdistill.engine.device import resolve_device, set_threads
+from taskdistill.engine.loop import LoopOptions, loop_options
 from taskdistill.errors import ConfigError, RunFolderError
 from taskdistill.kinds import TaskKind, kind_of
 from taskdistill.pipelines.cell import Cell, StageOutcome
@@ -70,6 +71,10 @@ class SweepStages:
                         extra={"train_info": cost.to_json(), **self.kind.checkpoint_extra(self.cfg)},
                         decode=self.data.policy)
         return StageOutcome(cost)
+
+    def options(self, name: str) -> LoopOptions:
+        """The config's execution settings; no stage files (a sweep keeps finished cells, not stages)."""
+        return loop_options(self.cfg, name, None)
 
 
 def run_sweep(cfg: RunConfig, methods: Sequence[str], budgets: Sequence[int], seeds: Sequence[int],
