@@ -129,8 +129,9 @@ class TaskKind(ABC):
     @abstractmethod
     def distill(self, student: nn.Module, teacher: nn.Module, transfer: ImageSet | ShardStream,
                 dcfg: DistillConfig, cfg: RunConfig, cache_dir: Path, seed: int, device: torch.device,
-                options: LoopOptions | None = None) -> StageCost:
-        """Stage 2: the student learns the teacher's softened task outputs over the transfer set."""
+                options: LoopOptions | None = None, hard_labels: bool = False) -> StageCost:
+        """Stage 2: the student learns the teacher's softened task outputs over the transfer set (`hard_labels`:
+        its decisions, with cross-entropy: the pseudo-label reference)."""
 
     @abstractmethod
     def feature_distill(self, student: nn.Module, teacher: nn.Module, transfer: ImageSet | ShardStream,

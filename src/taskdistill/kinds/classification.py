@@ -21,6 +21,7 @@ from taskdistill.engine.evaluate import evaluate
 from taskdistill.engine.inference import BatchSize
 from taskdistill.engine.loop import LoopOptions, fit
 from taskdistill.engine.schedule import schedule_of
+from taskdistill.errors import ConfigError
 from taskdistill.kinds.base import TaskKind, fit_info, inference_batch
 from taskdistill.kinds.predictions import PredictOptions, predict_classes
 from taskdistill.models.registry import create_model
@@ -29,6 +30,7 @@ from taskdistill.tasks import DistillTask, SupervisedTask
 from taskdistill.tasks.feature_distill import FeatureDistillTask, make_projector
 from taskdistill.tasks.linear_probe import FeatureBatches, LinearProbeTask, pooled_features
 from taskdistill.tasks.online_distill import OnlineDistillTask
+from taskdistill.tasks.pseudo_label import PseudoLabelTask
 
 
 def storage_of(cfg: DistillConfig) -> Storage:
@@ -45,7 +47,7 @@ class Classification(TaskKind):
     teacher_title: ClassVar[str] = "teacher (finetuned VFM)"
     methods: ClassVar[tuple[str, ...]] = (
         "teacher-linear", "teacher-finetune", "scratch", "pretrained-finetune", "task-agnostic", "task-oriented",
-        "task-oriented-pretrained", "tdmr", "distill-linear-probe")
+        "task-oriented-pretrained", "pseudo-label", "tdmr", "distill-linear-probe")
 
     def budget_of(self, cfg: RunConfig) -> int | None:
         return cfg.data.labels_per_class
@@ -88,12 +90,16 @@ class Classification(TaskKind):
 
     def distill(self, student: nn.Module, teacher: nn.Module, transfer: ImageSet | ShardStream,
                 dcfg: DistillConfig, cfg: RunConfig, cache_dir: Path, seed: int, device: torch.device,
-                options: LoopOptions | None = None) -> StageCost:
-        """KL between softened teacher and student predictions. In-memory transfer set: the teacher's outputs
-        for every (image, view) come from the on-disk cache (computed on a miss); a streamed (`wds:`) one
-        runs the teacher on the fly on every batch."""
-        facts = {"transfer_images": len(transfer), "temperature": dcfg.temperature, "views": dcfg.transfer.views}
+                options: LoopOptions | None = None, hard_labels: bool = False) -> StageCost:
+        """KL between softened teacher and student predictions (`hard_labels`: cross-entropy to the teacher's
+        argmax). In-memory transfer set: the teacher's outputs for every (image, view) come from the on-disk
+        cache (computed on a miss); a streamed (`wds:`) one runs the teacher on the fly on every batch."""
+        facts = {"transfer_images": len(transfer), "temperature": dcfg.temperature, "views": dcfg.transfer.views,
+                 "targets": "teacher's hard labels" if hard_labels else "teacher's softened outputs"}
         if isinstance(transfer, ShardStream):
+            if hard_labels:
+                raise ConfigError("pseudo-labels are taken from cached teacher outputs; a streamed wds: transfer set "
+                                  "runs the teacher on the fly. Use distill.transfer.source=unlabeled or a manifest")
             teacher.to(device).eval()
             task = OnlineDistillTask(student, teacher, dcfg.temperature, view_seed=seed)
             info = fit_info(fit(task, transfer, schedule_of(dcfg.train), seed=seed, device=device,
@@ -105,7 +111,7 @@ class Classification(TaskKind):
         outputs, cache = cached_teacher_outputs(teacher, transfer, views, view_seed=seed, cache_dir=cache_dir,
                                                 batch_size=inference_batch(cfg), device=device, storage=storage_of(dcfg),
                                                 precision=cfg.execution.precision, compile=cfg.execution.compile)
-        task = DistillTask(student, outputs, dcfg.temperature, view_seed=seed)
+        task = (PseudoLabelTask if hard_labels else DistillTask)(student, outputs, dcfg.temperature, view_seed=seed)
         info = fit_info(fit(task, ViewBatches(transfer, views, seed), schedule_of(dcfg.train), seed=seed,
                             device=device, desc="distill", options=options))
         return StageCost(seconds=info.seconds, student_images=info.images, teacher_images=cache["teacher_images"],

@@ -136,8 +136,10 @@ class Segmentation(TaskKind):
 
     def distill(self, student: nn.Module, teacher: nn.Module, transfer: ImageSet | ShardStream,
                 dcfg: DistillConfig, cfg: RunConfig, cache_dir: Path, seed: int, device: torch.device,
-                options: LoopOptions | None = None) -> StageCost:
+                options: LoopOptions | None = None, hard_labels: bool = False) -> StageCost:
         """Per-pixel KL to the teacher's cached logits over the transfer set."""
+        if hard_labels:
+            raise ConfigError("per-pixel pseudo-labels are not built; segmentation distils softened logits")
         transfer, seg, views = self._transfer(transfer), cfg.segmentation, dcfg.transfer.views
         logits, cache = cached_dense_outputs(teacher, transfer, views, seed, cache_dir, inference_batch(cfg), device,
                                              kind="dense-logits", grid_size=seg.cache_grid,

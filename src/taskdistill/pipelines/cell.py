@@ -144,10 +144,10 @@ class Cell:
         return out
 
     def distill(self, name: str, title: str, student: nn.Module, teacher: nn.Module, dcfg: DistillConfig,
-                meter: Meter) -> StageOutcome:
+                meter: Meter, hard_labels: bool = False) -> StageOutcome:
         out = self.stages.stage(name, title, student, lambda: self.kind.distill(
             student, teacher, self.data.transfer, dcfg, self.cfg, self.cache_dir, self.seed, self.device,
-            self.stages.options(name)))
+            self.stages.options(name), hard_labels=hard_labels))
         meter.add_training("distill", out.cost)
         return out
 

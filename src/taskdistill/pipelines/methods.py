@@ -14,6 +14,8 @@ names are the run folder's: `teacher` (shared), `student_distilled` and `student
   set (projector + cosine/contrastive), then is finetuned on the labels.
 - `task-oriented`: distill the finetuned teacher's predictions, then finetune on the labels.
 - `task-oriented-pretrained`: the same, starting from the pretrained student.
+- `pseudo-label` (classification): the finetuned teacher's hard labels on the transfer set, learned with
+  cross-entropy, then finetune (the hard-label auto-labelling reference for `task-oriented`).
 - `tdmr` (classification): Task-Driven Model Reprogramming: reprogram the frozen pretrained teacher (prompt +
   label map), distil its proxy-space outputs progressively (source classes, then task classes), finetune
   (docs/tdmr.md).
@@ -106,6 +108,21 @@ def task_oriented_pretrained(cell: Cell) -> MethodRecord:
     return _task_oriented(cell, True, "task-oriented-pretrained")
 
 
+def pseudo_label(cell: Cell) -> MethodRecord:
+    """The finetuned teacher labels the transfer set with its decisions (hard pseudo-labels, from the same cached
+    outputs task-oriented distils); the student trains on them with cross-entropy, then is finetuned on the
+    labels. Task-oriented minus this is what the teacher's softened distribution buys."""
+    meter = Meter()
+    teacher = cell.finetuned_teacher(meter)
+    student = cell.student()
+    first = "pseudo-label.distilled"
+    cell.distill(first, "student trained on the teacher's pseudo-labels", student, teacher, cell.cfg.distill, meter,
+                 hard_labels=True)
+    last = cell.supervised("pseudo-label", "student after pseudo-labels + finetune", student, "finetune", meter,
+                           chain=(first,))
+    return cell.record("pseudo-label", student, meter, teacher, last)
+
+
 def tdmr(cell: Cell) -> MethodRecord:
     """Reprogram the frozen teacher on the labels, distil its proxy space progressively, finetune.
 
@@ -190,6 +207,7 @@ METHODS: dict[str, Callable[[Cell], MethodRecord]] = {
     "task-agnostic": task_agnostic,
     "task-oriented": task_oriented,
     "task-oriented-pretrained": task_oriented_pretrained,
+    "pseudo-label": pseudo_label,
     "tdmr": tdmr,
     "distill-linear-probe": distill_linear_probe,
 }
