@@ -33,12 +33,12 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from taskdistill.atomic import write_json, write_text
 from taskdistill.cache.teacher_outputs import cached_teacher_outputs
 from taskdistill.config import RunConfig, load_config
 from taskdistill.data.image_set import ImageSet
 from taskdistill.data.sources import load_fashion_mnist
 from taskdistill.data.streaming import ShardStream, expand_shards
-from taskdistill.engine.atomic import write_json, write_text
 from taskdistill.engine.batches import ViewBatches
 from taskdistill.engine.loop import Schedule, fit
 from taskdistill.kinds import Classification

@@ -13,8 +13,8 @@ import statistics
 import time
 from pathlib import Path
 
+from taskdistill.atomic import write_json, write_text
 from taskdistill.config import RunConfig, load_config
-from taskdistill.engine.atomic import write_json, write_text
 from taskdistill.pipelines.run import run
 
 

@@ -34,6 +34,7 @@ from typing import Any
 
 import torch
 
+from taskdistill.atomic import write_json, write_text
 from taskdistill.cache.soft_labels import bytes_per_view, compress_topk, expand_topk
 from taskdistill.cache.teacher_outputs import Storage, cached_teacher_outputs
 from taskdistill.cli.common import shipped_configs
@@ -46,7 +47,6 @@ from taskdistill.data.prepare import (
     prepare_data,
 )
 from taskdistill.data.views import model_input
-from taskdistill.engine.atomic import write_json, write_text
 from taskdistill.engine.batches import ImageBatches, ViewBatches
 from taskdistill.engine.device import set_threads
 from taskdistill.engine.evaluate import evaluate

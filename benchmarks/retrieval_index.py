@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from taskdistill.engine.atomic import write_json, write_text
+from taskdistill.atomic import write_json, write_text
 from taskdistill.retrieval.index import VectorIndex, build_index, choose_index
 
 

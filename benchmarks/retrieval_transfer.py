@@ -33,8 +33,8 @@ from typing import Any
 
 import numpy as np
 
+from taskdistill.atomic import write_json, write_text
 from taskdistill.config import RunConfig, load_config
-from taskdistill.engine.atomic import write_json, write_text
 from taskdistill.pipelines.run import run
 from taskdistill.report.sweep_report import mean_std
 from taskdistill.retrieval.demo_pool import DEFAULT_CAPS, SOURCES, build_demo_pool, parse_caps

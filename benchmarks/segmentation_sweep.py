@@ -20,9 +20,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from taskdistill.atomic import write_json, write_text
 from taskdistill.cli.common import shipped_configs
 from taskdistill.config import RunConfig, load_config
-from taskdistill.engine.atomic import write_json, write_text
 from taskdistill.pipelines.sweep import run_sweep
 from taskdistill.report.markdown import markdown_table
 

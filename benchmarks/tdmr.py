@@ -24,9 +24,9 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+from taskdistill.atomic import write_json, write_text
 from taskdistill.cli.common import shipped_configs
 from taskdistill.config import RunConfig, load_config
-from taskdistill.engine.atomic import write_json, write_text
 from taskdistill.pipelines.sweep import cell_path, run_sweep
 from taskdistill.report.sweep_report import mean_std
 

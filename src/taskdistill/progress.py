@@ -33,6 +33,7 @@ class ProgressLine:
         self.every = every if every is not None else (0.5 if self.tty else 10.0)
         self.enabled = enabled
         self.done = 0
+        self.lines = 0  # progress lines written so far
         self.start = self._last = time.monotonic()
 
     def _line(self, now: float) -> str:
@@ -46,6 +47,7 @@ class ProgressLine:
     def _emit(self, line: str, final: bool = False) -> None:
         if not self.enabled:
             return
+        self.lines += 1
         if self.tty:
             self.stream.write("\r" + line + ("\n" if final else ""))
         else:

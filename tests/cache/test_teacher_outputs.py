@@ -313,3 +313,22 @@ def test_two_builders_of_one_entry_build_it_once(tmp_path, capsys):
         th.join()
     assert sorted(r["hit"] for r in results) == [False, True]
     assert sum(r["teacher_images"] for r in results) == 2 * len(data)
+
+
+def test_reduced_precision_is_part_of_the_key_and_fp32_keys_are_unchanged(tmp_path):
+    from taskdistill.cache.teacher_outputs import cache_key, cached_teacher_outputs
+    from taskdistill.data.image_set import ImageSet
+    from taskdistill.models.registry import create_model
+
+    torch.manual_seed(0)
+    teacher = create_model("resnet10t", 3, input_size=16).eval()
+    images = torch.randint(0, 255, (10, 3, 20, 20), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    transfer = ImageSet(images, torch.full((10,), -1), [f"i/{k}" for k in range(10)], ["a", "b", "c"])
+    fp32 = cache_key(teacher, transfer, 2, 0)
+    assert cache_key(teacher, transfer, 2, 0, precision="fp32") == fp32
+    assert cache_key(teacher, transfer, 2, 0, precision="bf16") != fp32
+    full, info32 = cached_teacher_outputs(teacher, transfer, 2, 0, tmp_path, batch_size=4)
+    half, info16 = cached_teacher_outputs(teacher, transfer, 2, 0, tmp_path, batch_size=4, precision="bf16")
+    auto, info_auto = cached_teacher_outputs(teacher, transfer, 2, 0, tmp_path, batch_size="auto", precision="auto")
+    assert info32["key"] == fp32 != info16["key"] and info_auto["key"] == fp32 and info_auto["hit"]  # auto: fp32 on CPU
+    assert torch.allclose(full.dense(), half.dense(), atol=0.1, rtol=0.1)

@@ -12,11 +12,11 @@ import pytest
 import torch
 
 from taskdistill.config import RunConfig, load_config
+from taskdistill.data.prepare import prepare_data
 from taskdistill.data.streaming import ShardStream, count_images, expand_shards, sample_index
 from taskdistill.engine.loop import Schedule, fit
 from taskdistill.errors import ConfigError, DataError
 from taskdistill.models.registry import create_model
-from taskdistill.data.prepare import prepare_data
 from taskdistill.pipelines.run import run
 from taskdistill.tasks.online_distill import OnlineDistillTask
 from tests.conftest import CLASSES, draw, tiny_overrides

@@ -54,8 +54,10 @@ def test_distill_under_torchrun_matches_one_process_and_resumes_in_one(tmp_path:
 
     one, two = (json.loads((tmp_path / "runs" / n / "run.json").read_text())["stages"]["student_distilled"]
                 for n in ("one", "two"))
-    for key in ("steps", "images", "teacher_images", "transfer_images"):
-        assert one[key] == two[key], key
+    c1, c2 = one["cost"], two["cost"]
+    assert c1["fit"]["steps"] == c2["fit"]["steps"] and c1["details"]["transfer_images"] == c2["details"]["transfer_images"]
+    for key in ("student_images", "teacher_images"):
+        assert c1[key] == c2[key], key
     assert abs(one["test"]["top1"] - two["test"]["top1"]) <= TOLERANCE, (one["test"], two["test"])
     assert abs(one["test"]["macro_accuracy"] - two["test"]["macro_accuracy"]) <= TOLERANCE
     assert one["test"]["num_images"] == two["test"]["num_images"] == 60
@@ -71,4 +73,4 @@ def test_distill_under_torchrun_matches_one_process_and_resumes_in_one(tmp_path:
 
     assert main(["finetune", *two_sets]) == 0  # one process continues the 2-process folder
     state = json.loads((tmp_path / "runs" / "two" / "run.json").read_text())
-    assert {"student_distilled", "student"} <= set(state["stages"]) and state["stages"]["student"]["steps"] > 0
+    assert {"student_distilled", "student"} <= set(state["stages"]) and state["stages"]["student"]["cost"]["fit"]["steps"] > 0

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from taskdistill import distributed
 from taskdistill.cache.teacher_outputs import (
     Storage,
     build_teacher_outputs,
@@ -25,11 +26,9 @@ from taskdistill.cache.teacher_outputs import (
 )
 from taskdistill.data.image_set import ImageSet
 from taskdistill.data.segmentation import SegmentationSet
-from taskdistill.engine import distributed
 from taskdistill.engine.batches import EpochSampler, ImageBatches
 from taskdistill.engine.evaluate import evaluate
 from taskdistill.engine.loop import Schedule, fit
-from taskdistill.engine.seg_batches import SegBatches
 from taskdistill.engine.seg_metrics import evaluate_segmentation
 from taskdistill.errors import RunFolderError
 from taskdistill.models.base import Preprocess
@@ -38,7 +37,6 @@ from taskdistill.pipelines.run_folder import RunFolder
 from taskdistill.retrieval.embed import EncoderSpec, embed_pool
 from taskdistill.retrieval.pool import open_pool
 from taskdistill.tasks import SupervisedTask
-from taskdistill.tasks.seg_supervised import SegSupervisedTask
 from tests.cache.test_teacher_outputs import Counting, teacher, tiny_set
 from tests.distributed_helpers import run_ranks
 from tests.retrieval.helpers import write_blobs
@@ -170,7 +168,7 @@ def test_cache_and_embed_under_two_processes_are_byte_identical_and_resume_acros
 
 
 class TinySegmenter(nn.Module):
-    """A BN-free segmenter with the interface `SegSupervisedTask` uses (backbone, head, preprocess)."""
+    """A BN-free segmenter with the interface `SupervisedTask(per_pixel=True)` uses (backbone, head, preprocess)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -201,7 +199,7 @@ def train_and_evaluate_segmentation() -> dict:
     train, test = seg_set(17, 0), seg_set(11, 1)
     torch.manual_seed(0)
     net = TinySegmenter()
-    fit(SegSupervisedTask(net, augment="crop-flip", seed=0), SegBatches(train),
+    fit(SupervisedTask(net, augment="crop-flip", seed=0, per_pixel=True), ImageBatches(train),
         Schedule(epochs=3, batch_size=7, lr=0.05, optimizer="sgd"), seed=0, progress=False)
     return {"net": net.state_dict(), "metrics": evaluate_segmentation(net, test, batch_size=3)}
 

@@ -9,8 +9,8 @@ from torch import nn
 from taskdistill.config import RunConfig, load_config
 from taskdistill.engine.compute import count_parameters
 from taskdistill.errors import ConfigError
-from taskdistill.models.registry import create_model
 from taskdistill.kinds import Classification
+from taskdistill.models.registry import create_model
 from taskdistill.pipelines import methods as methods_mod
 from taskdistill.pipelines.cell import Cell
 from taskdistill.pipelines.sweep import run_sweep

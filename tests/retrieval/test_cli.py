@@ -57,7 +57,7 @@ def test_embed_curate_and_run_with_the_manifest(shapes_dataset, tmp_path: Path, 
 
     # the manifest is a transfer set: what `taskdistill run --set distill.transfer.source=...` would train on
     from taskdistill.config import RunConfig, load_config
-    from taskdistill.pipelines.prepare import prepare_data
+    from taskdistill.data.prepare import prepare_data
 
     cfg = load_config(RunConfig, None, [*tiny_overrides(train, test, tmp_path / "runs"),
                                         f"distill.transfer.source={out / 'manifest.csv'}"])

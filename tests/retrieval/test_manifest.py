@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from taskdistill.data.image_set import UNLABELED
+from taskdistill.data.prepare import _transfer_from_manifest
 from taskdistill.data.sources import decode_image
 from taskdistill.errors import DataError
-from taskdistill.pipelines.prepare import _transfer_from_manifest
 from tests.retrieval.helpers import blob_image, write_blobs, write_shard
 
 

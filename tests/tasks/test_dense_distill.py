@@ -8,7 +8,7 @@ from taskdistill.models.registry import create_model
 from taskdistill.models.segmentation import resize_logits
 from taskdistill.tasks.dense_distill import DenseDistillTask
 from taskdistill.tasks.dense_feature_distill import DenseFeatureDistillTask, DenseProjector
-from taskdistill.tasks.seg_supervised import SegSupervisedTask
+from taskdistill.tasks.supervised import SupervisedTask
 
 
 def student(classes=3):
@@ -63,7 +63,7 @@ def test_feature_matching_trains_backbone_fpn_and_projector_not_the_classifier()
 def test_head_only_supervised_training_leaves_the_backbone_alone():
     s = student()
     before = {k: v.clone() for k, v in s.backbone.state_dict().items()}
-    task = SegSupervisedTask(s, head_only=True, augment="crop-flip")
+    task = SupervisedTask(s, head_only=True, augment="crop-flip", per_pixel=True)
     params = {id(p) for p in task.trainable_parameters()}
     assert params == {id(p) for p in s.head.parameters()}
     task.train(True)

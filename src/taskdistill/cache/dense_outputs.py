@@ -23,6 +23,7 @@ from torch import nn
 from taskdistill.cache.teacher_outputs import TeacherOutputs, cached_teacher_outputs
 from taskdistill.data.image_set import ImageSet
 from taskdistill.data.views import Views, model_input
+from taskdistill.engine.inference import BatchSize
 from taskdistill.models.segmentation import resize_logits
 
 DenseKind = Literal["dense-logits", "dense-features"]
@@ -119,15 +120,16 @@ class DenseOutputs:
 
 
 def cached_dense_outputs(model: nn.Module, transfer: ImageSet, num_views: int, view_seed: int,
-                         cache_dir: str | Path, batch_size: int = 128, device: torch.device | str = "cpu",
+                         cache_dir: str | Path, batch_size: BatchSize = 128, device: torch.device | str = "cpu",
                          kind: DenseKind = "dense-logits", grid_size: int | None = None,
-                         level: int = -2) -> tuple[DenseOutputs, dict[str, Any]]:
-    """The teacher's dense outputs for every view of every transfer image, from the cache or computed.
+                         level: int = -2, precision: str = "fp32") -> tuple[DenseOutputs, dict[str, Any]]:
+    """The teacher's dense outputs for every view of every transfer image, from the cache or computed, the
+    teacher running at `precision` (see `cached_teacher_outputs`).
 
     Returns them and the cache's info dict (`key`, `hit`, `seconds`, `teacher_images`, `bytes_per_view`,
     `path`) plus `grid`.
     """
     teacher = DenseTeacher(model, kind, grid_size, level)
     outputs, info = cached_teacher_outputs(teacher, transfer, num_views, view_seed, cache_dir, batch_size, device,
-                                           kind=kind)
+                                           kind=kind, precision=precision)
     return DenseOutputs(outputs, teacher.grid), {**info, "grid": list(teacher.grid)}

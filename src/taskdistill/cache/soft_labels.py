@@ -12,6 +12,9 @@ so `p_hat` sums to one and keeps the teacher's ranking of its top k. Bytes per v
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any, Literal
+
 import numpy as np
 import torch
 
@@ -48,3 +51,23 @@ def expand_topk(values: torch.Tensor | np.ndarray, indices: torch.Tensor | np.nd
     rest = (1.0 - v.sum(-1, keepdim=True)).clamp_min(0.0) / (num_classes - k)
     out = rest.expand(*v.shape[:-1], num_classes).clone()
     return out.scatter_(-1, i, v)
+
+
+StorageFormat = Literal["full", "topk"]
+
+
+@dataclass(frozen=True)
+class Storage:
+    """How outputs are stored: `full` float16 values, or `topk` probabilities at `temperature` (k per view)."""
+
+    format: StorageFormat = "full"
+    k: int = 16
+    temperature: float = 1.0
+
+    def key_parts(self) -> dict[str, Any]:
+        if self.format == "full":
+            return {"format": "full"}
+        return {"format": "topk", "k": self.k, "temperature": self.temperature}
+
+
+FULL_STORAGE = Storage()  # the default: float16 values of every output

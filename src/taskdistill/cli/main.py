@@ -42,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    from taskdistill.engine import distributed
+    from taskdistill import distributed
 
     if distributed.launched_by_torchrun() and args.verb not in DISTRIBUTED_VERBS:
         print(f"taskdistill: error: `{args.verb}` runs in one process; launch it without torchrun (verbs that "

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
+from typing import TYPE_CHECKING
 
 from taskdistill.cli.common import add_config_args, config_from_args
+
+if TYPE_CHECKING:
+    from taskdistill.config.schema import RunConfig
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -53,7 +57,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_embed)
 
     p = sub.add_parser("curate", help="curate a transfer-set manifest from pool embeddings for a config's task")
-    p.add_argument("embeddings", help="embedding folder made by `taskdistill embed`")
+    p.add_argument("embeddings", help="embedding folder made by `taskdistill embed`, or a clip-retrieval folder "
+                                      "(img_emb/ + metadata/, e.g. LAION's) for web-scale pools")
     add_config_args(p)
     p.add_argument("--strategy", choices=STRATEGIES, default="query-balanced-image")
     p.add_argument("--n", type=int, required=True, help="transfer-set size")
@@ -74,6 +79,21 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dedup-sig-floor", type=float, default=rule.sig_floor)
     p.add_argument("--no-dedup", action="store_true", help="keep near-duplicates inside the curated set")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    web = p.add_argument_group("clip-retrieval pools (web scale; query-balanced-image only)")
+    web.add_argument("--encoder", default=None, help="the model that embedded the pool (default: its encoder.json)")
+    web.add_argument("--pretrained", action="store_true", help="take the encoder's pretrained weights")
+    web.add_argument("--input-size", type=int, default=None, help="encoder input side for the query images")
+    web.add_argument("--index-dir", default=None, help="on-disk IVF-PQ index folder (default POOL/taskdistill-index)")
+    web.add_argument("--nlist", type=int, default=None, help="IVF cells (default ~sqrt(N)/4, a power of two)")
+    web.add_argument("--nprobe", type=int, default=None, help="cells searched per query (default nlist/16)")
+    web.add_argument("--pq-m", type=int, default=None, help="PQ bytes per vector (default D/8)")
+    web.add_argument("--rerank", type=int, default=2, help="re-rank RERANK x k index candidates exactly per query")
+    web.add_argument("--exact", action="store_true", help="exact streaming scan instead of the index (slow, reference)")
+    web.add_argument("--shards", default=None, help="folder of the pool's webdataset shards (img2dataset naming, "
+                                                   "metadata column 'key'); else the metadata's 'image_path'")
+    web.add_argument("--shard-digits", type=int, default=5, help="leading digits of a key that name its shard")
+    web.add_argument("--copy-images", action="store_true",
+                     help="copy the picked images into OUT/images/picked-*.tar (reads only the picked members)")
     p.set_defaults(func=_curate)
 
 
@@ -118,11 +138,14 @@ def _embed(args: argparse.Namespace) -> int:
 
 def _curate(args: argparse.Namespace) -> int:
     from taskdistill.engine.device import resolve_device, set_threads
+    from taskdistill.retrieval.clip_layout import is_clip_layout
     from taskdistill.retrieval.curate import DupRule
     from taskdistill.retrieval.transfer_set import CurateOptions, curate_transfer_set, split_for_curation
 
     cfg = config_from_args(args)
     set_threads(cfg.num_threads)
+    if is_clip_layout(args.embeddings):
+        return _curate_web(args, cfg)
     labeled, guard = split_for_curation(cfg)
     opts = CurateOptions(
         strategy=args.strategy, n=args.n, views=args.views, seed=args.seed, task_source=args.task_source,
@@ -133,6 +156,37 @@ def _curate(args: argparse.Namespace) -> int:
         device=str(resolve_device(args.device)))
     summary = curate_transfer_set(args.embeddings, labeled, guard, opts, args.out)
     keys = ("strategy", "n_selected", "sources", "precision", "leakage", "duplicates_rejected", "manifest")
+    shown = {k: summary.get(k) for k in keys}
+    shown["leakage"] = {k: v for k, v in summary["leakage"].items() if k != "examples"}
+    print(json.dumps(shown, indent=2))
+    if "warning" in summary:
+        print(f"warning: {summary['warning']}")
+    print(f"use it with: --set distill.transfer.source={summary['manifest']}")
+    return 0
+
+
+def _curate_web(args: argparse.Namespace, cfg: RunConfig) -> int:
+    from taskdistill.engine.device import resolve_device
+    from taskdistill.errors import ConfigError
+    from taskdistill.retrieval.curate import DupRule
+    from taskdistill.retrieval.transfer_set import split_for_curation
+    from taskdistill.retrieval.web_transfer_set import WebCurateOptions, curate_web_pool
+
+    if args.strategy != "query-balanced-image":
+        raise ConfigError(f"--strategy {args.strategy} is not available for clip-retrieval pools ('{args.embeddings}'); "
+                          f"they are curated with --strategy query-balanced-image")
+    labeled, guard = split_for_curation(cfg)
+    opts = WebCurateOptions(
+        n=args.n, views=args.views, seed=args.seed, encoder=args.encoder, pretrained=args.pretrained,
+        input_size=args.input_size, index_dir=args.index_dir, nlist=args.nlist, nprobe=args.nprobe, pq_m=args.pq_m,
+        rerank=args.rerank, exact=args.exact, shards=args.shards, shard_digits=args.shard_digits,
+        copy_images=args.copy_images, task_source=args.task_source,
+        leak_rule=DupRule(args.leak_sig_threshold, args.leak_emb_threshold, args.leak_sig_floor),
+        dedup_rule=None if args.no_dedup else DupRule(args.dedup_sig_threshold, args.dedup_emb_threshold,
+                                                       args.dedup_sig_floor),
+        device=str(resolve_device(args.device)))
+    summary = curate_web_pool(args.embeddings, labeled, guard, opts, args.out)
+    keys = ("strategy", "n_selected", "pool_size", "sources", "precision", "duplicates_rejected", "seconds", "manifest")
     shown = {k: summary.get(k) for k in keys}
     shown["leakage"] = {k: v for k, v in summary["leakage"].items() if k != "examples"}
     print(json.dumps(shown, indent=2))

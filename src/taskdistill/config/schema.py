@@ -219,6 +219,47 @@ class SegmentationConfig:
 
 
 @dataclass
+class RunMethodsConfig:
+    """What `taskdistill run` trains: the methods of `taskdistill sweep` (the same recipes, seeds and cache
+    keys), as one cell of budget `data.labels_per_class` (segmentation: `segmentation.labeled_images`)."""
+
+    methods: list[str] = field(default_factory=lambda: ["task-oriented", "scratch"])
+
+
+@dataclass
+class ExecutionConfig:
+    """How stages run on the device (docs/gpu.md); none of it changes a CPU fp32 run's numbers."""
+
+    # auto: bf16 on a CUDA GPU that supports it, else fp32 (the CPU: fp32). Applies to every stage, the
+    # teacher-output cache, evaluation and embedding.
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    compile: bool = False  # torch.compile the trained modules of every stage and the teacher at inference
+    channels_last: bool | None = None  # None: on CUDA only (CPU models keep their own oneDNN-safe layout)
+    # minutes between mid-stage checkpoints (model, optimizer, sampler position, RNG); 0: none
+    checkpoint_minutes: float = field(default=10.0, metadata=ge(0, "minutes between mid-stage checkpoints"))
+    # inference (teacher-output cache, evaluation, embedding) on CUDA: the largest batch that fits, found once
+    # per model and input size and remembered (eval_batch_size is where the search starts); ignored on the CPU
+    auto_batch: bool = False
+    # every stage's batch size times this; its learning rate follows `lr_scaling` (linear: lr * scale, sqrt:
+    # lr * sqrt(scale), none: unchanged). 1: the configured batches and rates.
+    batch_scale: float = field(default=1.0, metadata=gt(0, "the factor on every stage's batch size"))
+    lr_scaling: Literal["linear", "sqrt", "none"] = "linear"
+    # batches built ahead in a background thread (0: built between steps, on the main thread)
+    prefetch: int = field(default=2, metadata=ge(0, "batches built ahead"))
+
+
+@dataclass
+class LogConfig:
+    """What a stage records while it trains: a scalar CSV per stage always, TensorBoard when asked."""
+
+    tensorboard: bool = False  # event files beside each stage's scalars.csv (needs the `tensorboard` extra)
+    # the loss and metrics are read off the device (a sync) only every this many steps
+    every_steps: int = field(default=50, metadata=ge(1, "steps between scalar reads"))
+    # when the output is not a terminal: a progress line (images/s, ETA) every this many seconds
+    progress_seconds: float = field(default=30.0, metadata=gt(0, "seconds between progress lines"))
+
+
+@dataclass
 class RunConfig:
     """Everything one `taskdistill run` needs; written into the run folder and every checkpoint."""
 
@@ -235,9 +276,11 @@ class RunConfig:
     distill: DistillConfig = field(default_factory=DistillConfig)
     feature_distill: FeatureDistillConfig = field(default_factory=FeatureDistillConfig)
     tdmr: TDMRConfig = field(default_factory=TDMRConfig)
-    baselines: list[str] = field(default_factory=lambda: ["scratch"])
+    run: RunMethodsConfig = field(default_factory=RunMethodsConfig)
     task: Literal["classification", "segmentation"] = "classification"
     segmentation: SegmentationConfig = field(default_factory=SegmentationConfig)
+    execution: ExecutionConfig = field(default_factory=ExecutionConfig)
+    log: LogConfig = field(default_factory=LogConfig)
 
     rules: ClassVar[tuple[Rule, ...]] = (
         Rule(("tdmr.pad", "teacher.model.input_size"),

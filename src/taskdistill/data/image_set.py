@@ -46,6 +46,11 @@ class ImageSet:
     def num_classes(self) -> int:
         return len(self.class_names)
 
+    @property
+    def targets(self) -> dict[str, torch.Tensor]:
+        """What a supervised batch carries besides its images: `{"labels": [N]}`."""
+        return {"labels": self.labels}
+
     def subset(self, indices: torch.Tensor | list[int], drop_labels: bool = False) -> ImageSet:
         """Some rows (no pixels copied); `drop_labels=True` gives the unlabeled view used for transfer sets."""
         idx = torch.as_tensor(indices, dtype=torch.long)

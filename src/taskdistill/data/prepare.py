@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from taskdistill import distributed
 from taskdistill.config.schema import DataConfig, RunConfig, TransferConfig
 from taskdistill.data.decode import DecodePolicy
 from taskdistill.data.image_set import UNLABELED, ImageSet
@@ -19,7 +20,6 @@ from taskdistill.data.segmentation import SegmentationSet
 from taskdistill.data.sources import TaskData, load_dataset
 from taskdistill.data.splits import FewShotSplit, few_shot_split
 from taskdistill.data.stored_sets import StoreOptions, load_image_files
-from taskdistill.engine import distributed
 from taskdistill.errors import ConfigError, DataError
 
 if TYPE_CHECKING:

@@ -64,6 +64,11 @@ class SegmentationSet:
     def num_classes(self) -> int:
         return len(self.class_names)
 
+    @property
+    def targets(self) -> dict[str, torch.Tensor]:
+        """What a supervised batch carries besides its images: `{"masks": uint8 [N, H, W]}`."""
+        return {"masks": self.masks}
+
     def subset(self, indices: torch.Tensor | list[int]) -> SegmentationSet:
         idx = torch.as_tensor(indices, dtype=torch.long)
         return SegmentationSet(self.images[idx], self.masks[idx], [self.ids[i] for i in idx.tolist()],

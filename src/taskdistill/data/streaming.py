@@ -36,10 +36,11 @@ import torch
 from fsspec.core import url_to_fs
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from taskdistill.data.batch import Batch
 from taskdistill.data.decode import DECODE_ERRORS, DecodePolicy
 from taskdistill.data.locations import IMAGE_SUFFIXES
 from taskdistill.data.sources import decode_image
-from taskdistill.engine.batches import Batch, part_start
+from taskdistill.distributed import part_start
 from taskdistill.errors import ConfigError, DataError
 
 WDS_PREFIX = "wds:"

@@ -7,6 +7,7 @@ outputs be cached once and replayed to the student.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -102,10 +103,19 @@ def render(images: torch.Tensor, size: int, views: Views | None = None) -> torch
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
+@functools.lru_cache(maxsize=64)
+def _stats(mean: tuple[float, ...], std: tuple[float, ...], device: torch.device,
+           dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """The mean and std as `[1, 3, 1, 1]` tensors on `device`, made once (no host-to-device copy per batch);
+    normal tensors even when first asked for under inference mode, so training can save them for backward."""
+    with torch.inference_mode(False):
+        return (torch.tensor(mean, device=device, dtype=dtype).view(1, 3, 1, 1),
+                torch.tensor(std, device=device, dtype=dtype).view(1, 3, 1, 1))
+
+
 def normalize(x: torch.Tensor, pre: Preprocess) -> torch.Tensor:
     """`[B, 3, H, W]` in [0, 1] -> (x - mean) / std with the model's statistics."""
-    mean = torch.tensor(pre.mean, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
-    std = torch.tensor(pre.std, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    mean, std = _stats(tuple(pre.mean), tuple(pre.std), x.device, x.dtype)
     return (x - mean) / std
 
 

@@ -12,13 +12,24 @@ from typing import Protocol, runtime_checkable
 
 import torch
 
+from taskdistill.data.batch import Batch
 from taskdistill.data.image_set import ImageSet
+from taskdistill.data.segmentation import SegmentationSet
+from taskdistill.distributed import rank_part
 
-Batch = dict[str, torch.Tensor]
 # Added to a batch by `fit` under DDP: int64 [2] = (first row of this rank's part in the global batch,
 # global batch size). Tasks that draw random augmentation per row draw it for the global batch and keep
 # their rows (`batch_rows`), so every rank's random stream, and the result, match one process.
 ROWS_KEY = "batch_rows"
+# Batch entries that stay on the host when `fit` moves a batch to the device: they are read by host code
+# (view replay, memory-mapped cache gathers, `batch_rows`), so moving them would cost a copy there and a
+# sync back. "view_boxes" / "view_flips" are views a task's `prepare` replayed ahead (`Views` fields).
+HOST_KEYS: frozenset[str] = frozenset({"indices", "views", ROWS_KEY, "view_boxes", "view_flips"})
+
+
+def on_host(t: torch.Tensor) -> torch.Tensor:
+    """`t` itself when it is on the CPU (no call, no copy), else a copy there (a sync: avoid in a step)."""
+    return t if t.device.type == "cpu" else t.cpu()
 
 
 CPU_REFERENCE_SIDE = 128  # inference batches on the CPU hold at most eval_batch_size images of this side
@@ -32,19 +43,6 @@ def inference_batch_size(requested: int, input_size: int, device: torch.device |
     if torch.device(device).type != "cpu" or input_size <= CPU_REFERENCE_SIDE:
         return requested
     return max(1, requested * CPU_REFERENCE_SIDE ** 2 // input_size ** 2)
-
-
-def rank_part(indices: torch.Tensor, rank: int, world_size: int) -> torch.Tensor:
-    """This rank's contiguous part of a global batch `[B]` (parts differ in size by at most one)."""
-    if world_size == 1:
-        return indices
-    return indices.tensor_split(world_size)[rank]
-
-
-def part_start(size: int, rank: int, world_size: int) -> int:
-    """Index of the first row of `rank`'s part in a global batch of `size` rows (see `rank_part`)."""
-    base, extra = divmod(size, world_size)
-    return rank * base + min(rank, extra)
 
 
 def batch_rows(batch: Batch, local_size: int) -> tuple[int, slice]:
@@ -117,16 +115,18 @@ class StreamSource(Protocol):
 
 
 class ImageBatches:
-    """Batches of `{"images": uint8 [B, C, H, W], "labels": [B], "indices": [B]}` from an ImageSet."""
+    """Batches of `{"images": uint8 [B, C, H, W], **targets, "indices": [B]}` from a labeled set: its
+    `targets` are `"labels": [B]` for an `ImageSet`, `"masks": uint8 [B, H, W]` for a `SegmentationSet`."""
 
-    def __init__(self, data: ImageSet) -> None:
+    def __init__(self, data: ImageSet | SegmentationSet) -> None:
         self.data = data
 
     def __len__(self) -> int:
         return len(self.data)
 
     def batch(self, indices: torch.Tensor, epoch: int) -> Batch:
-        return {"images": self.data.images[indices], "labels": self.data.labels[indices], "indices": indices}
+        targets = {name: values[indices] for name, values in self.data.targets.items()}
+        return {"images": self.data.images[indices], **targets, "indices": indices}
 
 
 class ViewBatches(ImageBatches):

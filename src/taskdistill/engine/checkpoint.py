@@ -9,9 +9,9 @@ from typing import Any
 from safetensors.torch import save_file
 from torch import nn
 
+from taskdistill import distributed
 from taskdistill.atomic import atomic_path, write_json
 from taskdistill.data.decode import DecodePolicy
-from taskdistill.engine import distributed
 from taskdistill.errors import CheckpointError
 from taskdistill.models.base import Preprocess
 from taskdistill.models.registry import ModelSpec, rebuild_model

@@ -24,8 +24,8 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from taskdistill.distributed import world_size
 from taskdistill.engine.batches import Batch
-from taskdistill.engine.distributed import world_size
 
 
 def trained_modules(task: object, params: Iterable[nn.Parameter]) -> list[nn.Module]:

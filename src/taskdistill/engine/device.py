@@ -6,7 +6,7 @@ import os
 
 import torch
 
-from taskdistill.engine.distributed import local_device
+from taskdistill.distributed import local_device
 from taskdistill.errors import ConfigError
 
 

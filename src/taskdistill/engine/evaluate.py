@@ -11,29 +11,31 @@ from typing import Any
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
+from taskdistill import distributed
 from taskdistill.data.image_rows import Images, take
 from taskdistill.data.views import Views, model_input
-from taskdistill.engine import distributed
-from taskdistill.engine.batches import EpochSampler, inference_batch_size
+from taskdistill.engine.batches import EpochSampler
+from taskdistill.engine.inference import AUTO_START, BatchSize, batched_inference, resolve_batch_size
 
 
 @torch.inference_mode()
-def predict_logits(model: nn.Module, images: Images, batch_size: int = 256, device: torch.device | str = "cpu",
-                   views: Views | None = None, desc: str = "predict", progress: bool = True) -> torch.Tensor:
-    """uint8 images `[N, C, H, W]` -> logits `[N, K]` (float32, on the CPU), model in eval mode."""
+def predict_logits(model: nn.Module, images: Images, batch_size: BatchSize = 256, device: torch.device | str = "cpu",
+                   views: Views | None = None, desc: str = "predict", progress: bool = True,
+                   precision: str = "fp32") -> torch.Tensor:
+    """uint8 images `[N, C, H, W]` -> logits `[N, K]` (float32, on the CPU), model in eval mode, at `precision`
+    (`engine.precision`; fp32: no autocast). `batch_size="auto"`: see `engine.inference`."""
     was_training = model.training
     model.eval()
-    outs = []
-    batch_size = inference_batch_size(batch_size, model.preprocess.input_size, device)
-    sampler = EpochSampler(len(images), batch_size, shuffle=False)
-    for idx in tqdm(sampler, desc=desc, unit="batch", leave=False, disable=None if (progress and len(sampler) >= 4) else True):
-        batch_views = None if views is None else Views(views.boxes[idx], views.flips[idx])
-        x = model_input(images[idx].to(device), model.preprocess, batch_views)
-        outs.append(model(x).float().cpu())
-    model.train(was_training)
-    return torch.cat(outs)
+
+    def forward(x: torch.Tensor, v: Views | None) -> torch.Tensor:
+        return model(model_input(x, model.preprocess, v))
+
+    try:
+        size = resolve_batch_size(batch_size, model, forward, images, device, precision)
+        return batched_inference(forward, images, size, device, precision, views, desc=desc, progress=progress)
+    finally:
+        model.train(was_training)
 
 
 def confusion_counts(logits: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -71,16 +73,18 @@ def rank_rows(n: int, batch_size: int) -> torch.Tensor:
 
 
 def evaluate(model: nn.Module, images: Images, labels: torch.Tensor, class_names: list[str],
-             batch_size: int = 256, device: torch.device | str = "cpu", desc: str = "evaluate") -> dict[str, Any]:
-    """Metrics of `model` on labeled images `[N, C, H, W]` (split over ranks under a process group)."""
+             batch_size: BatchSize = 256, device: torch.device | str = "cpu", desc: str = "evaluate",
+             precision: str = "fp32") -> dict[str, Any]:
+    """Metrics of `model` on labeled images `[N, C, H, W]` (split over ranks under a process group), inference
+    at `precision`."""
     k = len(class_names)
     if not distributed.is_distributed():
-        logits = predict_logits(model, images, batch_size=batch_size, device=device, desc=desc)
+        logits = predict_logits(model, images, batch_size=batch_size, device=device, desc=desc, precision=precision)
         return classification_metrics(logits, labels, class_names)
-    rows = rank_rows(len(images), batch_size)
+    rows = rank_rows(len(images), batch_size if isinstance(batch_size, int) else AUTO_START)
     confusion = torch.zeros(k, k, dtype=torch.long)
     if len(rows):
         logits = predict_logits(model, take(images, rows), batch_size=batch_size, device=device, desc=desc,
-                                progress=distributed.is_main())
+                                progress=distributed.is_main(), precision=precision)
         confusion += confusion_counts(logits, labels[rows], k)
     return metrics_from_confusion(distributed.all_reduce_sum(confusion), class_names)

@@ -46,10 +46,13 @@ def measure_latency(run: Callable[[Any], Any], one: Any, many: Any, batch_size: 
                    throughput=round(throughput, 1), batch_size=batch_size)
 
 
-def model_latency(model: Any, seconds: float = 1.0, batch_size: int = 64) -> Latency:
+def model_latency(model: Any, seconds: float = 1.0, batch_size: int = 64, precision: str = "fp32") -> Latency:
     """Batch-1 latency and batch-`batch_size` throughput of a PyTorch model (eval mode, on its own device)
-    on zero inputs `[B, 3, S, S]` at its input size (channels-last, as `model_input` makes them)."""
+    on zero inputs `[B, 3, S, S]` at its input size (channels-last, as `model_input` makes them), run at
+    `precision` (`engine.precision`; fp32: no autocast)."""
     import torch
+
+    from taskdistill.engine.precision import autocast
 
     size = model.preprocess.input_size
     device = next(model.parameters()).device
@@ -59,7 +62,7 @@ def model_latency(model: Any, seconds: float = 1.0, batch_size: int = 64) -> Lat
     model.eval()
 
     def run(x: torch.Tensor) -> torch.Tensor:
-        with torch.inference_mode():
+        with torch.inference_mode(), autocast(precision, device):
             out = model(x)
         if device.type == "cuda":
             torch.cuda.synchronize(device)

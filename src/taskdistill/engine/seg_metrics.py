@@ -16,9 +16,9 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from taskdistill import distributed
 from taskdistill.data.segmentation import SegmentationSet
 from taskdistill.data.views import model_input
-from taskdistill.engine import distributed
 from taskdistill.engine.batches import EpochSampler
 from taskdistill.engine.evaluate import rank_rows
 from taskdistill.models.segmentation import resize_logits

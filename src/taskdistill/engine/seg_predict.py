@@ -11,10 +11,10 @@ import torch
 from PIL import Image
 from torch import nn
 
+from taskdistill.atomic import atomic_path
 from taskdistill.data.decode import DecodePolicy
 from taskdistill.data.segmentation import mask_image, palette
 from taskdistill.data.sources import decode_image
-from taskdistill.engine.atomic import atomic_path
 from taskdistill.engine.seg_metrics import iter_seg_logits
 from taskdistill.errors import DataError
 

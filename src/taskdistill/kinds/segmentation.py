@@ -30,11 +30,10 @@ from taskdistill.data.prepare import (
 from taskdistill.data.segmentation import SegmentationSet, SegTaskData, few_shot_images, load_seg_folders
 from taskdistill.data.sources import TaskData
 from taskdistill.data.streaming import ShardStream
-from taskdistill.engine.batches import ViewBatches
+from taskdistill.engine.batches import ImageBatches, ViewBatches
 from taskdistill.engine.inference import BatchSize
 from taskdistill.engine.loop import LoopOptions, fit
 from taskdistill.engine.schedule import schedule_of
-from taskdistill.engine.seg_batches import SegBatches
 from taskdistill.engine.seg_metrics import evaluate_segmentation
 from taskdistill.errors import ConfigError, DataError
 from taskdistill.kinds.base import TaskKind, fit_info, inference_batch
@@ -44,7 +43,7 @@ from taskdistill.models.segmentation import SEG_PREFIX
 from taskdistill.results import FitInfo, Metrics, StageCost
 from taskdistill.tasks.dense_distill import DenseDistillTask
 from taskdistill.tasks.dense_feature_distill import DenseFeatureDistillTask, DenseProjector
-from taskdistill.tasks.seg_supervised import SegSupervisedTask
+from taskdistill.tasks.supervised import SupervisedTask
 
 SEG_DATASETS = ("fashion-composite", "seg-folder")
 
@@ -119,10 +118,10 @@ class Segmentation(TaskKind):
                    device: torch.device, desc: str, head_only: bool = False,
                    options: LoopOptions | None = None) -> FitInfo:
         """Per-pixel cross-entropy on the labeled masks (whole model, or the head on a frozen backbone)."""
-        task = SegSupervisedTask(model, augment=opt.augment, head_only=head_only, freeze_bn=opt.freeze_bn,
-                                 ignore_index=labeled.ignore_index, seed=seed)
+        task = SupervisedTask(model, augment=opt.augment, head_only=head_only, freeze_bn=opt.freeze_bn, seed=seed,
+                              per_pixel=True, ignore_index=labeled.ignore_index)
         try:
-            return fit_info(fit(task, SegBatches(labeled), schedule_of(opt), seed=seed, device=device, desc=desc,
+            return fit_info(fit(task, ImageBatches(labeled), schedule_of(opt), seed=seed, device=device, desc=desc,
                                 options=options))
         finally:
             for p in model.parameters():

@@ -31,8 +31,11 @@ def unsafe_in_channels_last(conv: nn.Module) -> bool:
     return tuple(conv.kernel_size) == (1, 1) and strided and per_group < MIN_SAFE_IN_CHANNELS_PER_GROUP
 
 
-def _contiguous_input(module: nn.Module, args: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
-    """Forward pre-hook: the first input `[B, C, H, W]` in the contiguous format."""
+def _contiguous_input(module: nn.Module, args: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...] | None:
+    """Forward pre-hook: the first input `[B, C, H, W]` in the contiguous format, on the CPU only (the oneDNN
+    bug is a CPU one; CUDA keeps channels_last)."""
+    if args[0].device.type != "cpu":
+        return None
     return (args[0].contiguous(), *args[1:])
 
 

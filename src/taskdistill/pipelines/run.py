@@ -10,6 +10,7 @@ this code; rank 0 writes the folder, checkpoints and reports.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -19,16 +20,17 @@ from typing import Any
 import torch
 from torch import nn
 
+from taskdistill import distributed
 from taskdistill.atomic import write_json, write_text
 from taskdistill.config.load import dump_yaml, to_dict
 from taskdistill.config.schema import RunConfig
 from taskdistill.data.prepare import PreparedData
-from taskdistill.engine import distributed
 from taskdistill.engine.checkpoint import load_checkpoint, save_checkpoint
 from taskdistill.engine.compute import count_parameters, forward_gflops
 from taskdistill.engine.device import resolve_device, set_threads
 from taskdistill.engine.latency import model_latency
 from taskdistill.engine.loop import LoopOptions, loop_options
+from taskdistill.engine.schedule import scaled_config
 from taskdistill.errors import RunFolderError
 from taskdistill.kinds import TaskKind, kind_of
 from taskdistill.kinds.base import inference_batch
@@ -59,8 +61,9 @@ class _StopRecipe(Exception):
 class FolderStages:
     """The run's `StageStore`: every stage checkpointed and evaluated in the run folder, loaded on resume.
 
-    `only`: the stages this invocation may train (a single-stage verb); the others must have finished
-    earlier or be `given` as checkpoints, and a stage after them ends the recipe.
+    `only`: the stages this invocation may train (a single-stage verb). A stage before them that has not
+    finished and is not `given` as a checkpoint is passed over, but training right after it is an error that
+    names the verb to run first; a stage after them ends the recipe.
     """
 
     folder: RunFolder
@@ -71,12 +74,15 @@ class FolderStages:
     only: frozenset[str] | None = None
     given: dict[str, str] = field(default_factory=dict)
     ran: list[str] = field(default_factory=list)
+    missing: set[str] = field(default_factory=set)  # prerequisites passed over (not finished, not given)
+    previous: str | None = None  # the stage asked for last
 
     def __post_init__(self) -> None:
         self.log = self.folder.logger()
 
     def stage(self, name: str, title: str, model: nn.Module, train: Callable[[], StageCost],
               chain: tuple[str, ...] = ()) -> StageOutcome:
+        previous, self.previous = self.previous, name
         if name in self.given:
             self._load_into(model, self.given[name])
             self.log.info(f"[{name}] loaded the given checkpoint {self.given[name]}")
@@ -89,9 +95,12 @@ class FolderStages:
         if self.only is not None and name not in self.only:
             if self.ran:
                 raise _StopRecipe(name)
-            verb = VERB_OF_STAGE.get(name, "run")
-            raise RunFolderError(f"stage '{name}' has not run in '{self.folder.path}'; run `taskdistill {verb}` with "
-                                 f"the same config first, or pass its checkpoint")
+            self.missing.add(name)  # needed only if the next stage trains on it
+            return StageOutcome(StageCost(seconds=0.0))
+        if previous in self.missing:
+            verb = VERB_OF_STAGE.get(previous, "run")
+            raise RunFolderError(f"stage '{previous}' has not run in '{self.folder.path}'; run `taskdistill {verb}` "
+                                 f"with the same config first, or pass its checkpoint")
         self.log.info(f"[{name}] training {model.spec.name} ...")
         start = time.perf_counter()
         cost = train()
@@ -128,8 +137,12 @@ class FolderStages:
 def _check_room(cfg: RunConfig, kind: TaskKind, data: PreparedData, methods: Sequence[str], cache_dir: Path) -> None:
     """Fail before the folder is touched when the output or cache folder cannot take the run."""
     k = len(data.class_names)
-    torch.manual_seed(cfg.seed * 1000)
-    sizes = [count_parameters(kind.build_model(m, k, cfg)) for m in (cfg.teacher.model, cfg.student.model)]
+    try:
+        with torch.device("meta"):  # shapes only: no weights loaded, no memory used
+            sizes = [count_parameters(kind.build_model(dataclasses.replace(m, pretrained=False, checkpoint=None), k,
+                                                       cfg)) for m in (cfg.teacher.model, cfg.student.model)]
+    except (RuntimeError, NotImplementedError, TypeError, ValueError):  # a hub model that cannot live on "meta"
+        sizes = [0, 0]  # the check still covers logs and the cache
     weights = 4 * (sizes[0] + 3 * sizes[1]) * max(1, len(methods)) + (16 << 20)  # checkpoints, logs
     distills = any(m not in ("scratch", "pretrained-finetune", "teacher-finetune", "teacher-linear") for m in methods)
     # float16 teacher outputs, full storage (an upper bound: an existing entry needs nothing)
@@ -156,7 +169,7 @@ def run(cfg: RunConfig, mode: Mode = "new", methods: Sequence[str] | None = None
     folder = RunFolder(Path(cfg.output_dir) / cfg.name, dump_yaml(cfg), mode)
     stages = FolderStages(folder, cfg, kind, data, device, frozenset(only) if only is not None else None,
                           dict(given or {}))
-    cell = Cell(cfg, kind, data, device, cache_dir, stages)
+    cell = Cell(scaled_config(cfg), kind, data, device, cache_dir, stages)
     log = stages.log
     try:
         log.info(f"{kind.name} run '{cfg.name}' -> {folder.path}  (device {device}, methods {', '.join(methods)}, "

@@ -27,8 +27,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any, Literal
 
+from taskdistill import distributed
 from taskdistill.atomic import write_json, write_text
-from taskdistill.engine import distributed
 from taskdistill.errors import RunFolderError
 
 Mode = Literal["new", "resume", "force"]

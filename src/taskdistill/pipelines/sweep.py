@@ -18,14 +18,15 @@ import yaml
 from torch import nn
 from tqdm.auto import tqdm
 
+from taskdistill import distributed
 from taskdistill.atomic import write_json, write_text
 from taskdistill.config.load import from_dict, to_dict
 from taskdistill.config.schema import RunConfig
 from taskdistill.data.prepare import PreparedData
-from taskdistill.engine import distributed
 from taskdistill.engine.checkpoint import load_checkpoint, save_checkpoint
 from taskdistill.engine.device import resolve_device, set_threads
 from taskdistill.engine.loop import LoopOptions, loop_options
+from taskdistill.engine.schedule import scaled_config
 from taskdistill.errors import ConfigError, RunFolderError
 from taskdistill.kinds import TaskKind, kind_of
 from taskdistill.pipelines.cell import Cell, StageOutcome
@@ -121,7 +122,7 @@ def run_sweep(cfg: RunConfig, methods: Sequence[str], budgets: Sequence[int], se
             prepared.clear()  # one (budget, seed) data split in memory at a time
             prepared[(budget, seed)] = kind.prepare(ccfg)
         data = prepared[(budget, seed)]
-        cell = Cell(ccfg, kind, data, device, cache_dir, SweepStages(ccfg, kind, data, folder / "teachers"))
+        cell = Cell(scaled_config(ccfg), kind, data, device, cache_dir, SweepStages(ccfg, kind, data, folder / "teachers"))
         record = METHODS[method](cell).to_json()
         distributed.on_main(lambda rec=record, b=budget, s=seed, m=method: write_json(cell_path(folder, m, b, s), rec))
         bar.update(1)

@@ -113,6 +113,13 @@ class ProxyDistillTask:
         self.step = 0
         self.training = False
 
+    def state_dict(self) -> dict[str, int]:
+        """The step the weight schedule is at (saved in mid-stage checkpoints, `engine.train_state`)."""
+        return {"step": self.step}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.step = int(state["step"])
+
     def trainable_parameters(self) -> Iterable[nn.Parameter]:
         """Student and proxy head parameters."""
         return [p for p in self.model.parameters() if p.requires_grad]

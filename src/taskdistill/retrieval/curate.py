@@ -17,6 +17,8 @@ Near-duplicate rule (`DupRule`), for two images with embedding cosine `e` and pi
     duplicate  <=>  s >= sig_threshold  or  (e >= emb_threshold and s >= sig_floor)
 The pixel signature (`embed.pixel_signature`) catches exact and resized copies whatever the encoder (even a
 random one); the embedding clause catches mildly edited copies when the encoder agrees and the pixels roughly do.
+`select` removes near-duplicates with `dedup.IndexedDeduper` (the quadratic `Deduper` here is its reference);
+`DupRule`, `Queries`, `GuardSet` and the pickers live in the torch-free `picking` and are re-exported here.
 """
 
 from __future__ import annotations
@@ -32,46 +34,24 @@ import torch
 from taskdistill.data.image_set import ImageSet
 from taskdistill.data.views import replay_views
 from taskdistill.errors import ConfigError
+from taskdistill.retrieval.dedup import IndexedDeduper, guard_hits
 from taskdistill.retrieval.embed import Embeddings, EncoderSpec, encode_set, pixel_signature
 from taskdistill.retrieval.index import VectorIndex, require_faiss
+from taskdistill.retrieval.picking import (  # noqa: F401 - DupRule, Queries, GuardSet: part of this module's API
+    DEFAULT_RULE,
+    DupRule,
+    GuardSet,
+    Queries,
+    balanced_pick,
+    ordered_pick,
+)
+from taskdistill.retrieval.picking import (
+    quotas as split_quota,
+)
 
 STRATEGIES = ("random", "best-matches", "query-balanced-image", "query-balanced-text", "class-balanced")
 DEFAULT_PROMPT = "a photo of a {name}."
 CHUNK = 4096
-
-
-@dataclass(frozen=True)
-class DupRule:
-    """When two images count as near-duplicates (see the module doc)."""
-
-    sig_threshold: float = 0.98
-    emb_threshold: float = 0.96
-    sig_floor: float = 0.93
-
-    def __call__(self, emb_cos: np.ndarray, sig_cos: np.ndarray) -> np.ndarray:
-        return (sig_cos >= self.sig_threshold) | ((emb_cos >= self.emb_threshold) & (sig_cos >= self.sig_floor))
-
-
-@dataclass
-class Queries:
-    """Query vectors `[Q, D]` (unit norm), their class `labels [Q]` and printable `names`."""
-
-    vectors: np.ndarray
-    labels: np.ndarray
-    names: list[str]
-    class_names: list[str]
-
-    def __len__(self) -> int:
-        return len(self.names)
-
-
-@dataclass
-class GuardSet:
-    """Images that must not leak into the transfer set: embeddings `[G, D]`, signatures `[G, SIG_DIM]`, ids."""
-
-    vectors: np.ndarray
-    signatures: np.ndarray
-    ids: list[str]
 
 
 @dataclass
@@ -158,34 +138,17 @@ def leakage_flags(emb: Embeddings, guard: GuardSet, rule: DupRule, k: int = 4) -
     Returns (flags `[N]` bool, matched guard row `[N]` (-1 when none), reason `[N]`: 0 none, 1 pixel
     signature alone, 2 embedding + signature floor). Exact search, in chunks of the pool.
     """
-    n = len(emb)
-    flags, match, reason = np.zeros(n, bool), np.full(n, -1, np.int64), np.zeros(n, np.int8)
-    if len(guard.ids) == 0:
-        return flags, match, reason
-    faiss = require_faiss()
-    e_index, s_index = faiss.IndexFlatIP(guard.vectors.shape[1]), faiss.IndexFlatIP(guard.signatures.shape[1])
-    e_index.add(guard.vectors)
-    s_index.add(guard.signatures)
-    k = min(k, len(guard.ids))
-    for c0 in range(0, n, CHUNK):
-        ev, sv = emb.vectors[c0:c0 + CHUNK], emb.signatures[c0:c0 + CHUNK]
-        s_top, s_row = s_index.search(sv, 1)
-        by_sig = s_top[:, 0] >= rule.sig_threshold
-        e_top, e_row = e_index.search(ev, k)
-        pair_sig = np.einsum("bd,bkd->bk", sv, guard.signatures[e_row])
-        pair_hit = (e_top >= rule.emb_threshold) & (pair_sig >= rule.sig_floor)
-        by_emb = pair_hit.any(axis=1) & ~by_sig
-        sl = slice(c0, c0 + len(ev))
-        flags[sl] = by_sig | by_emb
-        match[sl] = np.where(by_sig, s_row[:, 0], np.where(by_emb, e_row[np.arange(len(ev)), pair_hit.argmax(1)], -1))
-        reason[sl] = np.where(by_sig, 1, np.where(by_emb, 2, 0))
+    flags, match, reason = guard_hits(emb.vectors, emb.signatures, guard, rule, k, CHUNK)
     valid = emb.valid
     flags &= valid
     return flags, np.where(valid, match, -1), np.where(valid, reason, 0)
 
 
 class Deduper:
-    """Accepts candidates in order, rejecting any that is a near-duplicate of one already accepted."""
+    """Accepts candidates in order, rejecting any that is a near-duplicate of one already accepted.
+
+    The quadratic reference (every candidate against every accepted row); `select` uses the equivalent
+    `dedup.IndexedDeduper`, which compares each candidate with O(k) accepted rows."""
 
     def __init__(self, emb: Embeddings, rule: DupRule | None, capacity: int) -> None:
         self.emb, self.rule = emb, rule
@@ -238,57 +201,8 @@ def class_scores(emb: Embeddings, queries: Queries) -> np.ndarray:
     return out
 
 
-def _ordered_pick(order: np.ndarray, n: int, eligible: np.ndarray, taken: np.ndarray, dedup: Deduper,
-                  on_pick: Callable[[int], None]) -> None:
-    """Walk pool rows in `order`, accepting eligible, untaken, non-duplicate ones until `n` are picked in all."""
-    pos = 0
-    while dedup.count < n and pos < len(order):
-        chunk = order[pos:pos + min(2048, max(64, 2 * (n - dedup.count)))]
-        pos += len(chunk)
-        chunk = chunk[eligible[chunk] & ~taken[chunk]]
-        for r, ok in zip(chunk.tolist(), dedup.accept(chunk).tolist(), strict=True):
-            taken[r] = True  # a rejected duplicate stays out for good: the kept set only grows
-            if ok:
-                on_pick(r)
-
-
-def _balanced_pick(lists: Sequence[np.ndarray], list_scores: Sequence[np.ndarray], quotas: Sequence[int],
-                   eligible: np.ndarray, taken: np.ndarray, dedup: Deduper,
-                   on_pick: Callable[[int, int, float], None]) -> None:
-    """Round robin over ranked lists: each round, every list short of its quota proposes its best untaken row."""
-    ptr = [0] * len(lists)
-    got = [0] * len(lists)
-    while True:
-        props: list[tuple[int, int, float]] = []
-        proposed: set[int] = set()
-        for q, rows in enumerate(lists):
-            if got[q] >= quotas[q]:
-                continue
-            while ptr[q] < len(rows):
-                r = int(rows[ptr[q]])
-                if r >= 0 and eligible[r] and not taken[r] and r not in proposed:
-                    break
-                ptr[q] += 1
-            if ptr[q] < len(rows):
-                props.append((q, r, float(list_scores[q][ptr[q]])))
-                proposed.add(r)
-                ptr[q] += 1
-        if not props:
-            return
-        ok = dedup.accept(np.array([r for _, r, _ in props], dtype=np.int64))
-        for (q, r, s), accepted in zip(props, ok.tolist(), strict=True):
-            taken[r] = True
-            if accepted:
-                got[q] += 1
-                on_pick(r, q, s)
-
-
-def _quotas(n: int, k: int) -> list[int]:
-    return [n // k + (1 if i < n % k else 0) for i in range(k)]
-
-
 def select(emb: Embeddings, strategy: str, n: int, queries: Queries | None, eligible: np.ndarray,
-           index: VectorIndex | None = None, dedup_rule: DupRule | None = DupRule(), seed: int = 0) -> Selection:
+           index: VectorIndex | None = None, dedup_rule: DupRule | None = DEFAULT_RULE, seed: int = 0) -> Selection:
     """Pick up to `n` eligible pool rows with `strategy`; `queries` are needed by all but `random`."""
     if strategy not in STRATEGIES:
         import difflib
@@ -300,7 +214,7 @@ def select(emb: Embeddings, strategy: str, n: int, queries: Queries | None, elig
         raise ConfigError(f"--n must be positive, got {n}")
     if strategy != "random" and (queries is None or len(queries) == 0):
         raise ConfigError(f"strategy '{strategy}' needs query images (labeled images or class names)")
-    dedup = Deduper(emb, dedup_rule, n)
+    dedup = IndexedDeduper(emb, dedup_rule, n)
     taken = np.zeros(len(emb), bool)
     sel = Selection([], [], [])
     best_s, best_q = best_match(emb, queries) if queries is not None and len(queries) else (None, None)
@@ -312,13 +226,13 @@ def select(emb: Embeddings, strategy: str, n: int, queries: Queries | None, elig
 
     sel.summary["duplicates_rejected"] = 0
     if strategy == "random":
-        _ordered_pick(np.random.default_rng(seed).permutation(len(emb)), n, eligible, taken, dedup, pick_best)
+        ordered_pick(np.random.default_rng(seed).permutation(len(emb)), n, eligible, taken, dedup, pick_best)
         sel.summary["duplicates_rejected"] = dedup.rejected
         return sel
     assert queries is not None and best_s is not None
     by_best = np.argsort(-best_s, kind="stable")
     if strategy == "best-matches":
-        _ordered_pick(by_best, n, eligible, taken, dedup, pick_best)
+        ordered_pick(by_best, n, eligible, taken, dedup, pick_best)
         sel.summary["duplicates_rejected"] = dedup.rejected
         return sel
 
@@ -330,13 +244,13 @@ def select(emb: Embeddings, strategy: str, n: int, queries: Queries | None, elig
         return on_pick
 
     if strategy in ("query-balanced-image", "query-balanced-text"):
-        quotas = _quotas(n, len(queries))
+        quotas = split_quota(n, len(queries))
         k = min(len(emb), 4 * max(quotas) + 64)
         if index is None:
             scores, rows = _top_ip(emb.vectors, queries.vectors, k)
         else:
             scores, rows = index.search(queries.vectors, k)
-        _balanced_pick(list(rows), list(scores), quotas, eligible, taken, dedup, pick_from(queries.names))
+        balanced_pick(list(rows), list(scores), quotas, eligible, taken, dedup, pick_from(queries.names))
     else:  # class-balanced
         cs = class_scores(emb, queries)
         best_class = cs.argmax(axis=1)
@@ -346,11 +260,11 @@ def select(emb: Embeddings, strategy: str, n: int, queries: Queries | None, elig
             mine = mine[np.argsort(-cs[mine, c], kind="stable")]
             lists.append(mine)
             list_scores.append(cs[mine, c])
-        quotas = _quotas(n, cs.shape[1])
-        _balanced_pick(lists, list_scores, quotas, eligible, taken, dedup,
+        quotas = split_quota(n, cs.shape[1])
+        balanced_pick(lists, list_scores, quotas, eligible, taken, dedup,
                        pick_from([f"class:{c}" for c in queries.class_names]))
     before = len(sel.rows)
-    _ordered_pick(by_best, n, eligible, taken, dedup, pick_best)
+    ordered_pick(by_best, n, eligible, taken, dedup, pick_best)
     sel.summary["filled_from_best_matches"] = len(sel.rows) - before
     sel.summary["duplicates_rejected"] = dedup.rejected
     return sel

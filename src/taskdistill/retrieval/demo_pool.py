@@ -28,9 +28,9 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 from tqdm.auto import tqdm
 
+from taskdistill.atomic import atomic_path, write_json
 from taskdistill.data.idx import read_idx
 from taskdistill.data.sources import FASHION_MNIST_ROOT
-from taskdistill.engine.atomic import atomic_path, write_json
 from taskdistill.errors import ConfigError, DataError
 
 FORMAT = "taskdistill-demo-pool/1"

@@ -28,10 +28,11 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from taskdistill import distributed
+from taskdistill.atomic import atomic_path, write_json, write_text
 from taskdistill.data.image_rows import Images
 from taskdistill.data.views import Views, model_input, render
-from taskdistill.engine import distributed
-from taskdistill.engine.atomic import atomic_path, write_json, write_text
+from taskdistill.engine.inference import Forward, batched_inference, infer_batch
 from taskdistill.errors import CheckpointError, ConfigError
 from taskdistill.retrieval.pool import ImagePool
 
@@ -145,21 +146,30 @@ def pixel_signature(images: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def encode(encoder: nn.Module, images: torch.Tensor, views: Views | None = None,
-           device: torch.device | str = "cpu") -> torch.Tensor:
-    """uint8 `[B, C, H, W]` -> L2-normalised pooled features `[B, D]` float32 (on the CPU)."""
-    x = model_input(images.to(device), encoder.preprocess, views)
-    feats = encoder.forward_head(encoder.forward_features(x), pre_logits=True).float()
-    return F.normalize(feats.flatten(1), dim=1).cpu()
+           device: torch.device | str = "cpu", precision: str = "fp32") -> torch.Tensor:
+    """uint8 `[B, C, H, W]` -> L2-normalised pooled features `[B, D]` float32 (on the CPU); the encoder runs at
+    `precision` (`engine.precision`; fp32: no autocast)."""
+    return infer_batch(_encoded(encoder), images, device, precision, views).cpu()
+
+
+def _encoded(encoder: nn.Module) -> Forward:
+    def forward(x: torch.Tensor, views: Views | None) -> torch.Tensor:
+        x = model_input(x, encoder.preprocess, views)
+        feats = encoder.forward_head(encoder.forward_features(x), pre_logits=True).float()
+        return F.normalize(feats.flatten(1), dim=1)
+
+    return forward
 
 
 def encode_set(encoder: nn.Module, images: Images, batch_size: int = 256, views: Views | None = None,
-               device: torch.device | str = "cpu", desc: str | None = None) -> torch.Tensor:
-    """`encode` over many images `[N, C, H, W]` in batches -> `[N, D]`."""
-    out = []
-    for b0 in tqdm(range(0, len(images), batch_size), desc=desc or "encode", leave=False, disable=None if desc else True):
-        v = None if views is None else Views(views.boxes[b0:b0 + batch_size], views.flips[b0:b0 + batch_size])
-        out.append(encode(encoder, images[b0:b0 + batch_size], v, device))
-    return torch.cat(out) if out else torch.empty(0, 0)
+               device: torch.device | str = "cpu", desc: str | None = None, precision: str = "fp32") -> torch.Tensor:
+    """`encode` over many images `[N, C, H, W]` in batches -> `[N, D]` (the shared batched-inference loop:
+    batches read ahead, no per-batch sync)."""
+    if len(images) == 0:
+        return torch.empty(0, 0)
+    with torch.no_grad():
+        return batched_inference(_encoded(encoder), images, batch_size, device, precision, views, desc=desc or "encode",
+                                 progress=desc is not None)
 
 
 def shard_name(kind: Literal["emb", "sig"], i: int) -> str:

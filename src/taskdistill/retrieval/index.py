@@ -25,7 +25,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from taskdistill.engine.atomic import atomic_path, write_json
+from taskdistill.atomic import atomic_path, write_json
 from taskdistill.errors import ConfigError
 
 IndexKind = Literal["flat", "hnsw", "ivf-flat", "ivf-pq"]

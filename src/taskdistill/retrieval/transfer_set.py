@@ -19,9 +19,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from taskdistill.atomic import atomic_path, write_json, write_text
 from taskdistill.config.schema import RunConfig
 from taskdistill.data.image_set import ImageSet
-from taskdistill.engine.atomic import atomic_path, write_json, write_text
 from taskdistill.errors import ConfigError
 from taskdistill.retrieval.curate import (
     DEFAULT_PROMPT,
@@ -99,13 +99,20 @@ def guarded(emb_dir: Path, emb: Embeddings, encoder: torch.nn.Module, guard: dic
     return g, flags, match, reason, False
 
 
-def write_manifest(path: Path, emb: Embeddings, rows: list[int], scores: list[float], queries: list[str]) -> None:
+def write_manifest_rows(path: Path, ids: list[str], sources: list[str], scores: list[float], queries: list[str],
+                        locations: list[str]) -> None:
+    """`manifest.csv` (`MANIFEST_COLUMNS`), one row per curated image, written atomically."""
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(MANIFEST_COLUMNS)
-    for r, s, q in zip(rows, scores, queries, strict=True):
-        w.writerow([emb.ids[r], emb.sources[r], "" if s != s else f"{s:.5f}", q, emb.locations[r]])
+    for i, src, s, q, loc in zip(ids, sources, scores, queries, locations, strict=True):
+        w.writerow([i, src, "" if s != s else f"{s:.5f}", q, loc])
     write_text(path, buf.getvalue())
+
+
+def write_manifest(path: Path, emb: Embeddings, rows: list[int], scores: list[float], queries: list[str]) -> None:
+    write_manifest_rows(path, [emb.ids[r] for r in rows], [emb.sources[r] for r in rows], scores, queries,
+                        [emb.locations[r] for r in rows])
 
 
 def _encoder_for(emb: Embeddings, device: str) -> tuple[torch.nn.Module, EncoderSpec]:
@@ -124,8 +131,8 @@ def split_for_curation(cfg: RunConfig) -> tuple[ImageSet, dict[str, ImageSet]]:
 
     Uses the same data spec and seeded split as `taskdistill run` with this config.
     """
+    from taskdistill.data.prepare import load_size_for, load_task_data
     from taskdistill.data.splits import few_shot_split
-    from taskdistill.pipelines.prepare import load_size_for, load_task_data
 
     d = cfg.data
     task = load_task_data(d, load_size_for(cfg))

@@ -10,8 +10,8 @@ from torch import nn
 
 from taskdistill.cache.dense_outputs import DenseOutputs
 from taskdistill.data.mask_views import render_masks
-from taskdistill.data.views import model_input, replay_views
-from taskdistill.engine.batches import Batch
+from taskdistill.data.views import Views, model_input, replay_views
+from taskdistill.engine.batches import Batch, on_host
 from taskdistill.losses.dense_kd import dense_kd_loss
 from taskdistill.models.segmentation import resize_logits
 
@@ -42,12 +42,25 @@ class DenseDistillTask:
     def train(self, mode: bool = True) -> None:
         self.student.train(mode)
 
-    def __call__(self, batch: Batch) -> dict[str, torch.Tensor]:
-        indices, view_ids = batch["indices"].cpu(), batch["views"].cpu()
+    def prepare(self, batch: Batch) -> Batch:
+        """Host-side work, run ahead by the loop's prefetch thread: the views replayed (`view_boxes` `[B, 4]`,
+        `view_flips` `[B]`) and the cached targets gathered (`targets`, float32), so the step only computes."""
+        indices, view_ids = on_host(batch["indices"]), on_host(batch["views"])
         views = replay_views(indices, view_ids, self.view_seed)
+        return {**batch, "view_boxes": views.boxes, "view_flips": views.flips,
+                "targets": self.teacher.gather(indices, view_ids)}
+
+    def _views_and_target(self, batch: Batch, device: torch.device) -> tuple[Views, torch.Tensor]:
+        if "targets" not in batch:
+            batch = self.prepare(batch)
+        views = Views(on_host(batch["view_boxes"]), on_host(batch["view_flips"]))  # DDP may have moved them
+        return views, batch["targets"].to(device, non_blocking=True)
+
+    def __call__(self, batch: Batch) -> dict[str, torch.Tensor]:
+        views, stored = self._views_and_target(batch, batch["images"].device)
         x = model_input(batch["images"], self.student.preprocess, views)
         logits = self.student(x)  # [B, K, S, S]
-        target = resize_logits(self.teacher.gather(indices, view_ids).to(x.device), logits.shape[-2:])
+        target = resize_logits(stored, logits.shape[-2:])
         valid = None
         if "masks" in batch:
             valid = render_masks(batch["masks"], logits.shape[-1], views).to(x.device) != self.ignore_index

@@ -9,8 +9,8 @@ import torch
 from torch import nn
 
 from taskdistill.cache.dense_outputs import DenseOutputs, resize_grid
-from taskdistill.data.views import model_input, replay_views
-from taskdistill.engine.batches import Batch
+from taskdistill.data.views import Views, model_input, replay_views
+from taskdistill.engine.batches import Batch, on_host
 from taskdistill.losses.dense_kd import dense_cosine_loss
 
 
@@ -60,11 +60,23 @@ class DenseFeatureDistillTask:
         self.student.train(mode)
         self.projector.train(mode)
 
-    def __call__(self, batch: Batch) -> dict[str, torch.Tensor]:
-        indices, view_ids = batch["indices"].cpu(), batch["views"].cpu()
+    def prepare(self, batch: Batch) -> Batch:
+        """Host-side work, run ahead by the loop's prefetch thread: the views replayed (`view_boxes` `[B, 4]`,
+        `view_flips` `[B]`) and the cached targets gathered (`targets`, float32), so the step only computes."""
+        indices, view_ids = on_host(batch["indices"]), on_host(batch["views"])
         views = replay_views(indices, view_ids, self.view_seed)
+        return {**batch, "view_boxes": views.boxes, "view_flips": views.flips,
+                "targets": self.teacher.gather(indices, view_ids)}
+
+    def _views_and_target(self, batch: Batch, device: torch.device) -> tuple[Views, torch.Tensor]:
+        if "targets" not in batch:
+            batch = self.prepare(batch)
+        views = Views(on_host(batch["view_boxes"]), on_host(batch["view_flips"]))  # DDP may have moved them
+        return views, batch["targets"].to(device, non_blocking=True)
+
+    def __call__(self, batch: Batch) -> dict[str, torch.Tensor]:
+        views, target = self._views_and_target(batch, batch["images"].device)  # target [B, Dt, h, w]
         x = model_input(batch["images"], self.student.preprocess, views)
-        target = self.teacher.gather(indices, view_ids).to(x.device)  # [B, Dt, h, w]
         fused = self.student.forward_head(self.student.forward_features(x), pre_logits=True)
         pred = resize_grid(self.projector(fused), target.shape[-1])
         loss = dense_cosine_loss(pred, target)

@@ -9,20 +9,22 @@ import torch.nn.functional as F
 from torch import nn
 
 from taskdistill.data.image_rows import Images
-from taskdistill.data.views import model_input
-from taskdistill.engine.batches import Batch, EpochSampler
+from taskdistill.data.views import Views, model_input
+from taskdistill.engine.batches import Batch
+from taskdistill.engine.inference import batched_inference
 
 
 @torch.inference_mode()
 def pooled_features(model: nn.Module, images: Images, batch_size: int = 256,
-                    device: torch.device | str = "cpu") -> torch.Tensor:
-    """uint8 images `[N, C, H, W]` -> pooled pre-logit features `[N, D]` (model in eval mode)."""
+                    device: torch.device | str = "cpu", precision: str = "fp32") -> torch.Tensor:
+    """uint8 images `[N, C, H, W]` -> pooled pre-logit features `[N, D]` float32 on `device` (model in eval mode),
+    inference at `precision`."""
     model.eval()
-    out = []
-    for idx in EpochSampler(len(images), batch_size, shuffle=False):
-        x = model_input(images[idx].to(device), model.preprocess)
-        out.append(model.forward_head(model.forward_features(x), pre_logits=True).float())
-    return torch.cat(out)
+
+    def forward(x: torch.Tensor, views: Views | None) -> torch.Tensor:
+        return model.forward_head(model.forward_features(model_input(x, model.preprocess)), pre_logits=True)
+
+    return batched_inference(forward, images, batch_size, device, precision, progress=False, on_cpu=False)
 
 
 class FeatureBatches:

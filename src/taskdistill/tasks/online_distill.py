@@ -13,8 +13,8 @@ import torch
 from torch import nn
 
 from taskdistill.cache.teacher_outputs import teacher_forward
-from taskdistill.data.views import model_input, replay_views
-from taskdistill.engine.batches import Batch
+from taskdistill.data.views import Views, model_input, replay_views
+from taskdistill.engine.batches import Batch, on_host
 from taskdistill.losses.kd import kd_kl_loss
 
 
@@ -38,9 +38,15 @@ class OnlineDistillTask:
         self.student.train(mode)
         self.teacher.eval()
 
+    def prepare(self, batch: Batch) -> Batch:
+        """Host-side view replay (`view_boxes` `[B, 4]`, `view_flips` `[B]`), run ahead by the prefetch thread."""
+        views = replay_views(on_host(batch["indices"]), on_host(batch["views"]), self.view_seed)
+        return {**batch, "view_boxes": views.boxes, "view_flips": views.flips}
+
     def __call__(self, batch: Batch) -> dict[str, torch.Tensor]:
-        indices, view_ids = batch["indices"].cpu(), batch["views"].cpu()
-        views = replay_views(indices, view_ids, self.view_seed)
+        if "view_boxes" not in batch:
+            batch = self.prepare(batch)
+        views = Views(on_host(batch["view_boxes"]), on_host(batch["view_flips"]))
         with torch.no_grad():
             target = teacher_forward(self.teacher, batch["images"], views, "logits").float()
         logits = self.student(model_input(batch["images"], self.student.preprocess, views))

@@ -203,3 +203,17 @@ def check_visible(path: str | Path, what: str) -> None:
     if blind:
         raise ConfigError(f"{what} '{path}' written by rank 0 is not visible to {', '.join(blind)}; put output_dir "
                           f"(and distill.cache_dir / --out) on a filesystem that every node mounts at the same path")
+
+
+# ---- splitting a global batch over ranks ---------------------------------------------------------
+def rank_part(indices: torch.Tensor, rank: int, world_size: int) -> torch.Tensor:
+    """This rank's contiguous part of a global batch `[B]` (parts differ in size by at most one)."""
+    if world_size == 1:
+        return indices
+    return indices.tensor_split(world_size)[rank]
+
+
+def part_start(size: int, rank: int, world_size: int) -> int:
+    """Index of the first row of `rank`'s part in a global batch of `size` rows (see `rank_part`)."""
+    base, extra = divmod(size, world_size)
+    return rank * base + min(rank, extra)
