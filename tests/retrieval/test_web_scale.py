@@ -210,3 +210,27 @@ def test_synthetic_pool_is_cached_and_written_atomically(tmp_path: Path) -> None
     assert os.stat(tmp_path / "img_emb" / "img_emb_0.npy").st_mtime_ns == mtime
     norms = np.linalg.norm(ClipPool(tmp_path).vectors(np.arange(1200)), axis=1)
     np.testing.assert_allclose(norms, 1.0, atol=2e-3)
+
+
+def test_fetch_reads_picked_keys_from_shards_behind_an_fsspec_url(tmp_path: Path) -> None:
+    """Shards on a remote filesystem (fsspec's in-memory one here, as s3:// or https:// would be): the picked
+    members are read by offset and copied into local shards the data layer loads; a missing key names it."""
+    import fsspec
+
+    spec = SyntheticSpec(n=2400, dim=16, classes=2, queries_per_class=2, planted_per_query=10, guard_per_query=1,
+                         part_rows=1000, shards=True, shard_rows=1000)
+    write_synthetic_pool(tmp_path / "pool", spec, progress=False)
+    fs = fsspec.filesystem("memory")
+    for shard in sorted((tmp_path / "pool" / "shards").glob("*.tar")):
+        fs.pipe(f"/remote-{tmp_path.name}/{shard.name}", shard.read_bytes())
+    pool = ClipPool(tmp_path / "pool")
+    rows = np.array([2399, 5, 1500])
+    _, local = locations_for(pool, rows, tmp_path / "pool" / "shards")
+    ids, remote = locations_for(pool, rows, f"memory://remote-{tmp_path.name}/")
+    assert remote[0] == f"memory://remote-{tmp_path.name}/00002.tar#{ids[0]}"
+    copied = fetch_members(remote, tmp_path / "out", progress=False)
+    reader = LocationReader()
+    assert [reader.read_bytes(c) for c in copied] == [reader.read_bytes(loc) for loc in local]
+    reader.close()
+    with pytest.raises(DataError, match="has no image with key 'nope'"):
+        fetch_members([f"memory://remote-{tmp_path.name}/00000.tar#nope"], tmp_path / "bad", progress=False)

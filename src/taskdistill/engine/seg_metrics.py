@@ -9,18 +9,18 @@ predictions (IoU 0/0) has no IoU and is left out of the mean, as in the usual be
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from taskdistill import distributed
+from taskdistill.data.image_rows import Images
 from taskdistill.data.segmentation import SegmentationSet
-from taskdistill.data.views import model_input
-from taskdistill.engine.batches import EpochSampler
+from taskdistill.data.views import Views, model_input
 from taskdistill.engine.evaluate import rank_rows
+from taskdistill.engine.inference import BatchSize, batched_inference, resolve_batch_size
 from taskdistill.models.segmentation import resize_logits
 
 
@@ -62,39 +62,40 @@ def segmentation_metrics(confusion: torch.Tensor, class_names: Sequence[str]) ->
 
 
 @torch.inference_mode()
-def iter_seg_logits(model: nn.Module, images: torch.Tensor, out_size: Sequence[int] | None = None,
-                    batch_size: int = 128, device: torch.device | str = "cpu", desc: str = "predict",
-                    progress: bool = True) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Yield `(indices [b], logits [b, K, H, W])` (float32, CPU) for uint8 `images` `[N, C, h, w]`, model in eval mode.
-
-    Logits are resized with `resize_logits` to `out_size` (default: the images' own size).
-    """
+def predict_masks(model: nn.Module, images: Images, out_size: Sequence[int] | None = None,
+                  batch_size: BatchSize = 128, device: torch.device | str = "cpu", desc: str = "predict",
+                  progress: bool = True, precision: str = "fp32") -> torch.Tensor:
+    """The predicted class of every pixel, int16 `[N, H, W]` on the CPU, for uint8 `images` `[N, C, h, w]`:
+    logits resized bilinearly (`resize_logits`) to `out_size` (default: the images' own size), then argmax;
+    model in eval mode, inference at `precision` through the one batched-inference loop."""
     size = tuple(out_size) if out_size is not None else tuple(images.shape[-2:])
     was_training = model.training
     model.eval()
-    sampler = EpochSampler(len(images), batch_size, shuffle=False)
+
+    def forward(x: torch.Tensor, v: Views | None) -> torch.Tensor:
+        return resize_logits(model(model_input(x, model.preprocess, v)).float(), size).argmax(1)
+
     try:
-        for idx in tqdm(sampler, desc=desc, unit="batch", leave=False,
-                        disable=None if (progress and len(sampler) >= 4) else True):
-            x = model_input(images[idx].to(device), model.preprocess)
-            yield idx, resize_logits(model(x).float(), size).cpu()
+        bs = resolve_batch_size(batch_size, model, forward, images, device, precision)
+        return batched_inference(forward, images, bs, device, precision, desc=desc, progress=progress).to(torch.int16)
     finally:
         model.train(was_training)
 
 
-def evaluate_segmentation(model: nn.Module, data: SegmentationSet, batch_size: int = 128,
-                          device: torch.device | str = "cpu", desc: str = "evaluate") -> dict[str, Any]:
-    """Metrics of `model` on `data`, at the masks' resolution (logits resized bilinearly to it)."""
+def evaluate_segmentation(model: nn.Module, data: SegmentationSet, batch_size: BatchSize = 128,
+                          device: torch.device | str = "cpu", desc: str = "evaluate",
+                          precision: str = "fp32") -> dict[str, Any]:
+    """Metrics of `model` on `data`, at the masks' resolution (logits resized bilinearly to it); under a
+    process group each rank predicts its share of the batches and the confusion counts are summed."""
     k = data.num_classes
-    confusion = torch.zeros(k, k, dtype=torch.long)
     images, masks = data.images, data.masks
     if distributed.is_distributed():
-        rows = rank_rows(len(data), batch_size)
+        rows = rank_rows(len(data), batch_size if isinstance(batch_size, int) else 128)
         images, masks = images[rows], masks[rows]
+    confusion = torch.zeros(k, k, dtype=torch.long)
     if len(images):
-        for idx, logits in iter_seg_logits(model, images, masks.shape[-2:], batch_size, device, desc,
-                                           progress=distributed.is_main()):
-            confusion += confusion_matrix(logits.argmax(1), masks[idx], k, data.ignore_index)
+        pred = predict_masks(model, images, masks.shape[-2:], batch_size, device, desc, distributed.is_main(), precision)
+        confusion = confusion_matrix(pred, masks, k, data.ignore_index)
     metrics = segmentation_metrics(distributed.all_reduce_sum(confusion), data.class_names)
     metrics["num_images"] = len(data)
     return metrics

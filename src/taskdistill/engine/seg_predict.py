@@ -15,7 +15,7 @@ from taskdistill.atomic import atomic_path
 from taskdistill.data.decode import DecodePolicy
 from taskdistill.data.segmentation import mask_image, palette
 from taskdistill.data.sources import decode_image
-from taskdistill.engine.seg_metrics import iter_seg_logits
+from taskdistill.engine.seg_metrics import predict_masks
 from taskdistill.errors import DataError
 
 
@@ -56,8 +56,8 @@ def predict_mask_files(model: nn.Module, files: Sequence[str | Path], class_name
         except (OSError, ValueError) as e:
             raise DataError(f"cannot read image '{path}': {e}") from None
         w, h = original.size
-        _, logits = next(iter_seg_logits(model, x[None], (h, w), batch_size=1, device=device, progress=False))
-        mask = logits[0].argmax(0).numpy().astype(np.uint8)  # [h, w]
+        mask = predict_masks(model, x[None], (h, w), batch_size=1, device=device, progress=False)[0]
+        mask = mask.numpy().astype(np.uint8)  # [h, w]
         mask_path = out_dir / f"{path.stem}_mask.png"
         with atomic_path(mask_path) as tmp:
             mask_image(mask, k, ignore_index).save(tmp, format="PNG")

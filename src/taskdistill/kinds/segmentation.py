@@ -174,7 +174,7 @@ class Segmentation(TaskKind):
     def evaluate(self, model: nn.Module, test: SegmentationSet, device: torch.device, batch_size: BatchSize,
                  desc: str, precision: str = "fp32") -> Metrics:
         start = time.perf_counter()
-        m = evaluate_segmentation(model, test, batch_size=batch_size, device=device, desc=desc)  # type: ignore[arg-type]
+        m = evaluate_segmentation(model, test, batch_size=batch_size, device=device, desc=desc, precision=precision)
         return Metrics(scores={k: m[k] for k in ("miou", "pixel_accuracy", "mean_accuracy")},
                        per_class=m["per_class_iou"], per_class_name="iou", num_images=m["num_images"],
                        seconds=time.perf_counter() - start, confusion_matrix=m["confusion_matrix"])

@@ -21,7 +21,8 @@ from torch import nn
 
 from taskdistill.data.image_rows import Images
 from taskdistill.data.views import Views, random_views, render
-from taskdistill.engine.batches import Batch, EpochSampler, batch_rows
+from taskdistill.engine.batches import Batch, batch_rows
+from taskdistill.engine.inference import batched_inference
 from taskdistill.reprogram.visual_prompt import VisualPrompt
 
 HeadInput = Literal["logits", "features"]
@@ -118,13 +119,11 @@ def predict_outputs(model: ReprogrammedTeacher, images: Images, kind: str = "tar
     was_training = model.training
     model.eval()
     device = device if device is not None else next(model.teacher.parameters()).device
-    out = []
     try:
-        for idx in EpochSampler(len(images), batch_size, shuffle=False):
-            out.append(model.cache_outputs(images[idx].to(device), None, kind).float().cpu())
+        return batched_inference(lambda x, v: model.cache_outputs(x, None, kind), images, batch_size, device,
+                                 progress=False)
     finally:
         model.train(was_training)
-    return torch.cat(out)
 
 
 @torch.no_grad()

@@ -3,6 +3,7 @@
 Where a row's image is, from the pool's parquet metadata (only the picked rows of one column are read):
     `image_path` column        a file path, or `shard.tar#key` (relative to the pool folder)
     `key` column + --shards    img2dataset naming: shard `SHARDS/<key[:digits]>.tar` (digits = 5), member `<key>.*`
+Shards may be local or behind any fsspec URL (`--shards s3://bucket/shards`); remote ones are always copied.
 `fetch_members` copies the picked members into new compact shards (`picked-00000.tar`, ...), reading each
 source shard's headers once and then only the picked members' bytes by offset; each output shard is written
 atomically. The manifest's `location` column (`shard.tar#key`) is what `distill.transfer.source` reads.
@@ -20,7 +21,14 @@ from typing import IO
 import numpy as np
 
 from taskdistill.atomic import atomic_path
-from taskdistill.data.locations import parse_location, read_member, shard_members
+from taskdistill.data.locations import (
+    IMAGE_SUFFIXES,
+    Member,
+    parse_location,
+    read_member,
+    shard_members,
+    split_key,
+)
 from taskdistill.errors import DataError
 from taskdistill.progress import ProgressLine
 from taskdistill.retrieval.clip_layout import ClipPool
@@ -38,6 +46,9 @@ def locations_for(pool: ClipPool, rows: np.ndarray, shards: str | Path | None = 
         if "key" not in cols:
             raise DataError(f"--shards needs a 'key' column in the metadata of '{pool.root}'; it has {cols}")
         keys = [str(k) for k in pool.column("key", rows)]
+        if is_url(str(shards)):  # any fsspec URL (s3://, gs://, https://, ...): fetched by `fetch_members`
+            root_url = str(shards).rstrip("/")
+            return keys, [f"{root_url}/{k[:shard_digits]}.tar#{k}" for k in keys]
         root = Path(shards).resolve()
         return keys, [f"{root / (k[:shard_digits] + '.tar')}#{k}" for k in keys]
     if "image_path" in cols:
@@ -49,6 +60,57 @@ def locations_for(pool: ClipPool, rows: np.ndarray, shards: str | Path | None = 
         return paths, locs
     raise DataError(f"cannot tell where the images of '{pool.root}' are: its metadata has no 'image_path' column "
                     f"({cols}); pass --shards FOLDER with the webdataset shards (img2dataset naming, 'key' column)")
+
+
+def is_url(text: str) -> bool:
+    """A location on a remote filesystem (`s3://...`, `https://...`; anything fsspec opens), not a local path."""
+    return "://" in text and not text.startswith("file://")
+
+
+def _split(location: str) -> tuple[str, str | None]:
+    """`URL.tar#key` -> (URL, key); a URL without a member key -> (URL, None)."""
+    head, sep, tail = location.rpartition("#")
+    return (head, tail) if sep and head.endswith(".tar") else (location, None)
+
+
+class _RemoteShards:
+    """Tar shards behind fsspec URLs: each opened once (seekable, ranged reads), its headers scanned once, and
+    only the picked members' bytes read by offset."""
+
+    def __init__(self) -> None:
+        self._open: dict[str, tuple[IO[bytes], dict[str, Member]]] = {}
+
+    def read(self, url: str, key: str | None, row: int) -> bytes:
+        try:
+            import fsspec
+        except ImportError:
+            raise DataError(f"reading '{url}' needs fsspec: pip install 'taskdistill[retrieval]'") from None
+        try:
+            if key is None:
+                with fsspec.open(url, "rb") as f:
+                    return f.read()
+            if url not in self._open:
+                self.close()  # the plan is sorted by shard: one remote file open at a time
+                f = fsspec.open(url, "rb").open()
+                members: dict[str, Member] = {}
+                with tarfile.open(fileobj=f, mode="r:") as tar:
+                    for info in tar:
+                        k, ext = split_key(info.name)
+                        if info.isfile() and f".{ext}" in IMAGE_SUFFIXES:
+                            members.setdefault(k, Member(info.offset_data, info.size))
+                self._open[url] = (f, members)
+            f, members = self._open[url]
+        except (OSError, ValueError, tarfile.TarError) as e:
+            raise DataError(f"cannot read picked image '{url}' (row {row} of the selection): {e}") from None
+        if key not in members:
+            raise DataError(f"shard '{url}' has no image with key '{key}' (row {row} of the selection); is --shards "
+                            f"the location the pool was embedded from?")
+        return read_member(f, members[key])
+
+    def close(self) -> None:
+        for f, _ in self._open.values():
+            f.close()
+        self._open.clear()
 
 
 def _ext(data: bytes) -> str:
@@ -70,19 +132,25 @@ def fetch_members(locations: Sequence[str], out: str | Path, shard_size: int = 1
     shard (so each is read once, front to back, and memory holds one image); returns each input's new
     location, in input order. A missing shard or key is a DataError naming it."""
     out = Path(out)
-    plan: list[tuple[Path, str | None, int]] = []
+    plan: list[tuple[Path | str, str | None, int]] = []
     for i, loc in enumerate(locations):
-        path, key = parse_location(loc)
+        path, key = _split(loc) if is_url(loc) else parse_location(loc)
         plan.append((path, key, i))
     plan.sort(key=lambda t: (str(t[0]), t[2]))
     new_locations = [""] * len(locations)
     bar = ProgressLine(len(plan), "fetch picked images", "img", enabled=progress)
     files: dict[Path, IO[bytes]] = {}
+    remote = _RemoteShards()
     try:
         for s0 in range(0, len(plan), shard_size):
             target = out / f"picked-{s0 // shard_size:05d}.tar"
             with atomic_path(target) as tmp, tarfile.open(tmp, "w") as tar:
                 for j, (path, key, i) in enumerate(plan[s0:s0 + shard_size], start=s0):
+                    if isinstance(path, str):  # a URL: read through fsspec
+                        _add_sample(tar, f"{j:09d}", remote.read(path, key, i), locations[i])
+                        new_locations[i] = f"{target.resolve()}#{j:09d}"
+                        bar.update(1)
+                        continue
                     if key is None:  # a plain image file
                         try:
                             blob = path.read_bytes()
@@ -106,5 +174,6 @@ def fetch_members(locations: Sequence[str], out: str | Path, shard_size: int = 1
     finally:
         for f in files.values():
             f.close()
+        remote.close()
     bar.close()
     return new_locations

@@ -23,7 +23,7 @@ from taskdistill.data.image_set import ImageSet
 from taskdistill.retrieval.clip_layout import ClipPool, check_encoder
 from taskdistill.retrieval.curate import DupRule, GuardSet, guard_set, image_queries
 from taskdistill.retrieval.embed import EncoderSpec, build_encoder
-from taskdistill.retrieval.fetch import SHARD_DIGITS, fetch_members, locations_for
+from taskdistill.retrieval.fetch import SHARD_DIGITS, fetch_members, is_url, locations_for
 from taskdistill.retrieval.ondisk_index import DEFAULT_DIR, build_ondisk_index, ondisk_params
 from taskdistill.retrieval.transfer_set import write_manifest_rows
 from taskdistill.retrieval.web_curate import curate_pool
@@ -116,7 +116,8 @@ def curate_web_pool(pool_dir: str | Path, labeled: ImageSet, guard: dict[str, Im
     timings.update(sel.seconds)
     t = time.perf_counter()
     ids, locations = locations_for(pool, sel.rows, opts.shards, opts.shard_digits)
-    if opts.copy_images:
+    copied = opts.copy_images or any(is_url(loc) for loc in locations)  # remote shards: only the picks come here
+    if copied:
         locations = fetch_members(locations, out / "images")
     sources = ([str(s) for s in pool.column("source", sel.rows)] if "source" in pool.columns else ["web"] * len(ids))
     timings["locations"] = time.perf_counter() - t
@@ -134,7 +135,7 @@ def curate_web_pool(pool_dir: str | Path, labeled: ImageSet, guard: dict[str, Im
                     "examples": [{"pool_row": r, "guard_id": g.ids[m]} for r, m in sel.guard_examples]},
         "duplicates_rejected": sel.duplicates_rejected, "filled_from_best_matches": sel.filled_from_best_matches,
         "dedup_rule": asdict(opts.dedup_rule) if opts.dedup_rule is not None else None,
-        "images_copied": bool(opts.copy_images), "seed": opts.seed,
+        "images_copied": copied, "seed": opts.seed,
         "seconds": {k: round(v, 2) for k, v in {**timings, "total": time.perf_counter() - t0}.items()},
         "manifest": str(out / "manifest.csv"),
     }
