@@ -100,3 +100,28 @@ def test_guard_hits_on_rows_matches_the_pool_wide_flags() -> None:
     np.testing.assert_array_equal(m2, match[rows])
     np.testing.assert_array_equal(r2, reason[rows])
     assert flags[g_rows].all() and flags.sum() > len(g_rows)
+
+
+def test_high_dimensional_copies_just_above_the_threshold_are_caught_in_any_cell() -> None:
+    """Isotropic 512-d rows (cells are wide) with copies at cosine 0.9605-0.965 to a 0.96 threshold: a copy
+    whose original was filed in a cell far from the copy's nearest centroids must still be found (the cell
+    radii bound which cells to search; a fixed nprobe missed such pairs)."""
+    rng = np.random.default_rng(0)
+    n, d = 3000, 512
+    vecs = unit(rng.standard_normal((n, d)))
+    src = rng.choice(n, 600, replace=False)
+    dst = rng.choice(np.setdiff1d(np.arange(n), src), 600, replace=False)
+    for a, b in zip(src.tolist(), dst.tolist(), strict=True):
+        target = rng.uniform(0.9605, 0.965)
+        noise = rng.standard_normal(d)
+        noise -= (noise @ vecs[a]) * vecs[a]
+        noise /= np.linalg.norm(noise)
+        vecs[b] = (target * vecs[a] + np.sqrt(1 - target**2) * noise).astype(np.float32)
+    emb = toy_embeddings(vecs, signatures=vecs)  # pixels agree wherever embeddings do: the embedding clause decides
+    rule = DupRule()
+    order = rng.permutation(n)
+    old, new = Deduper(emb, rule, n), IndexedDeduper(emb, rule, n, exact_max=64, nprobe=1)
+    for pos in range(0, n, 250):
+        batch = order[pos:pos + 250]
+        np.testing.assert_array_equal(new.accept(batch), old.accept(batch))
+    assert old.rejected > 300 and new.emb is not None and new.emb.centroids is not None

@@ -234,3 +234,28 @@ def test_fetch_reads_picked_keys_from_shards_behind_an_fsspec_url(tmp_path: Path
     reader.close()
     with pytest.raises(DataError, match="has no image with key 'nope'"):
         fetch_members([f"memory://remote-{tmp_path.name}/00000.tar#nope"], tmp_path / "bad", progress=False)
+
+
+def test_rows_asked_for_twice_come_back_twice(pool_dir: Path) -> None:
+    pool = ClipPool(pool_dir)
+    every = pool.vectors(np.arange(4))
+    np.testing.assert_array_equal(pool.vectors(np.array([0, 0, 2])), every[[0, 0, 2]])
+    np.testing.assert_array_equal(pool.vectors(np.array([3, 1, 1])), every[[3, 1, 1]])
+
+
+def test_a_quantiser_trained_on_another_pool_is_not_reused(pool_dir: Path, tmp_path: Path) -> None:
+    other = tmp_path / "other"
+    write_synthetic_pool(other, SyntheticSpec(**{**SPEC.__dict__, "seed": 4}), progress=False)
+    params = ondisk_params(6000, 32, chunk_rows=2000, nlist=16, nprobe=8, m=8)
+    folder = tmp_path / "shared-idx"
+    build_ondisk_index(ClipPool(pool_dir), folder, params, progress=False)
+    first = json.loads((folder / "trained.json").read_text())
+    _, loaded = build_ondisk_index(ClipPool(other), folder, params, progress=False)
+    second = json.loads((folder / "trained.json").read_text())
+    assert not loaded and first["trained_on"] != second["trained_on"] == ClipPool(other).fingerprint()
+
+
+def test_rewriting_a_pool_smaller_leaves_none_of_its_old_parts(tmp_path: Path) -> None:
+    write_synthetic_pool(tmp_path / "p", SyntheticSpec(**{**SPEC.__dict__, "n": 6000}), progress=False)
+    write_synthetic_pool(tmp_path / "p", SyntheticSpec(**{**SPEC.__dict__, "n": 3000}), progress=False)
+    assert ClipPool(tmp_path / "p").n == 3000

@@ -217,7 +217,10 @@ def cached_teacher_outputs(teacher: nn.Module, transfer: ImageSet, num_views: in
             def probe(x: torch.Tensor, views: Views | None) -> torch.Tensor:
                 return teacher_forward(teacher, x, views or Views.plain(len(x)), kind)
 
-            size = resolve_batch_size(batch_size, teacher, probe, transfer.images, device, precision)
+            teacher.eval()  # the auto-batch probe must not move batch-norm statistics
+            # every rank the same batch: it sets the work split and the number of collective rounds
+            size = distributed.broadcast_object(
+                resolve_batch_size(batch_size, teacher, probe, transfer.images, device, precision))
             compiled = compile and isinstance(teacher, nn.Module)
             if compiled:
                 teacher.compile()

@@ -73,11 +73,11 @@ class DDPTask:
         self.container = _TaskModule(task, trained_modules(task, params))
         ignore = [n for n, p in self.container.named_parameters() if id(p) not in trainable]
         DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(self.container, ignore)
-        device_ids = None
-        if device.type == "cuda":
-            device_ids = [device.index if device.index is not None else torch.cuda.current_device()]
+        # device_ids=None: the loop has already moved the batch, and host-side entries (indices, views,
+        # batch rows) must stay on the host; with device_ids DDP would copy them to the GPU and the tasks'
+        # reads of them would sync every step.
         self.ddp = DistributedDataParallel(
-            self.container, device_ids=device_ids, forward_sync_buffers=False,
+            self.container, device_ids=None, forward_sync_buffers=False,
             find_unused_parameters=bool(getattr(task, "find_unused_parameters", False)))
         self._tracked = {id(m): int(m.num_batches_tracked) for m in _bn_layers(self.container)
                          if m.num_batches_tracked is not None}

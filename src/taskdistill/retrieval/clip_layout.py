@@ -89,7 +89,7 @@ class _Part:
         neighbours too (the kernel's fault-around: ~64 KB per 1 KB row), which would swell the resident set."""
         if len(local) == 0:
             return np.zeros((0, self.shape[1]), self.dtype)
-        if local[-1] - local[0] + 1 == len(local):
+        if bool(np.all(np.diff(local) == 1)):  # one contiguous run (a repeated row is not one)
             block = np.array(self.array[local[0]:local[-1] + 1])
             self.release()
             return block
@@ -155,10 +155,12 @@ class ClipPool:
             raise DataError(f"'{path}' must be JSON with 'encoder' and 'dim' ({e})") from None
 
     def fingerprint(self) -> str:
-        """sha256 over part names, shapes, dtypes, file sizes and the first and last row of each part."""
+        """sha256 over part names, shapes, dtypes, file sizes, modification times, inodes and the first and last
+        row of each part (a part rewritten in place, even at the same size, changes it)."""
         h = hashlib.sha256()
         for p in self.parts:
-            h.update(f"{p.path.name}\t{p.shape}\t{p.dtype}\t{p.path.stat().st_size}\n".encode())
+            st = p.path.stat()
+            h.update(f"{p.path.name}\t{p.shape}\t{p.dtype}\t{st.st_size}\t{st.st_mtime_ns}\t{st.st_ino}\n".encode())
             if p.shape[0]:
                 h.update(np.ascontiguousarray(p.array[[0, -1]]).tobytes())
         self.release()
@@ -253,6 +255,18 @@ def write_clip_part(root: str | Path, part: int, vectors: np.ndarray, columns: d
         pq.write_table(pa.table(columns), tmp)
 
 
+def clear_pool(root: str | Path) -> None:
+    """Remove a clip-retrieval folder's parts and encoder record before it is written again, so parts of an
+    earlier, larger pool are not read as part of the new one; the encoder record goes first and is written
+    last, so a write that dies midway leaves a pool that names no encoder (and is refused) rather than one
+    that claims the old encoder."""
+    root = Path(root)
+    (root / ENCODER_FILE).unlink(missing_ok=True)
+    for pattern in (f"{EMB_DIR}/img_emb_*.npy", f"{META_DIR}/metadata_*.parquet"):
+        for old in root.glob(pattern):
+            old.unlink()
+
+
 def export_embeddings(emb_folder: str | Path, out: str | Path, part_rows: int = 1_000_000) -> None:
     """A `taskdistill embed` folder as a clip-retrieval folder (`image_path` = each image's location, `source`),
     with `encoder.json` naming its encoder: how a pool embedded here is curated like a web-scale one."""
@@ -260,6 +274,7 @@ def export_embeddings(emb_folder: str | Path, out: str | Path, part_rows: int = 
     from taskdistill.retrieval.embed import load_embeddings
 
     emb = load_embeddings(emb_folder)
+    clear_pool(out)
     for p, p0 in enumerate(range(0, len(emb), part_rows)):
         sl = slice(p0, p0 + part_rows)
         write_clip_part(out, p, emb.vectors[sl].astype(emb.meta.get("dtype", "float16")),

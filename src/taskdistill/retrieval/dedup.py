@@ -2,10 +2,12 @@
 
 `IndexedDeduper` accepts candidates in order like the quadratic `curate.Deduper` (same rule, same order, same
 answers) but finds a candidate's near-copies among the accepted rows by range: exact (one matrix product)
-while at most `exact_max` rows are accepted, then in k-means cells of about `CELL_ROWS` accepted
-rows (rebuilt each time they grow 4x) that probes the `nprobe` cells nearest the candidate, so each candidate is compared
-with about `nprobe * accepted / nlist` rows instead of all of them. Near-copies (cosine >= 0.93) sit in the
-same or a neighbouring cell, so the IVF answer is the exact one in practice (tests/retrieval/test_dedup.py).
+while at most `exact_max` rows are accepted, then in k-means cells of about `CELL_ROWS` accepted rows
+(rebuilt each time they grow 4x). Each cell keeps its angular radius r_c (the widest angle between its
+centroid and a member), and a candidate x is compared with the members of every cell whose centroid is within
+arccos(threshold) + r_c of it: by the triangle inequality on angles no cell left out can hold a row at cosine
+>= threshold, so the answer is exactly the quadratic one; on clustered data (near-copies, cosine >= 0.93) that is
+a few cells per candidate instead of every accepted row.
 
 Rows come from a `RowSource`: in-memory `Embeddings` (`EmbeddingRows`) or rows of a clip-retrieval pool held
 as float16 (`CachedRows`). Pools without pixel signatures (clip-retrieval) use the rule's embedding clause alone:
@@ -95,6 +97,7 @@ class _KeptSpace:
         self.cell_vecs: list[np.ndarray] = []
         self.cell_ids: list[np.ndarray] = []
         self.cell_n: list[int] = []
+        self.cell_reach = np.zeros(0)  # [nlist] radians: the widest centroid-to-member angle of each cell
         self.built_at = 0
 
     def add(self, x: np.ndarray) -> None:
@@ -113,7 +116,8 @@ class _KeptSpace:
         train = x if len(x) <= 64 * nlist else x[np.random.default_rng(self.seed).choice(len(x), 64 * nlist, False)]
         km = faiss.Kmeans(x.shape[1], nlist, niter=10, seed=self.seed, spherical=True)
         km.train(np.ascontiguousarray(train))
-        self.centroids = km.centroids
+        self.centroids = km.centroids / np.linalg.norm(km.centroids, axis=1, keepdims=True).clip(min=1e-12)
+        self.cell_reach = np.zeros(nlist)
         d = x.shape[1]
         self.cell_vecs = [np.zeros((0, d), np.float32) for _ in range(nlist)]
         self.cell_ids = [np.zeros(0, np.int64) for _ in range(nlist)]
@@ -124,9 +128,14 @@ class _KeptSpace:
     def _file(self, ids: np.ndarray) -> None:
         """Append kept rows `ids` to their nearest cell's block (blocks grow by doubling)."""
         assert self.centroids is not None
-        cells = (self.store[ids] @ self.centroids.T).argmax(1)
+        vecs = self.store[ids]
+        sims = vecs @ self.centroids.T
+        cells = sims.argmax(1)
+        norms = np.linalg.norm(vecs, axis=1).clip(min=1e-12)
+        angles = np.arccos(np.clip(sims[np.arange(len(ids)), cells] / norms, -1.0, 1.0))
         for c in np.unique(cells).tolist():
             mine = ids[cells == c]
+            self.cell_reach[c] = max(self.cell_reach[c], float(angles[cells == c].max()))
             n, cap = self.cell_n[c], len(self.cell_ids[c])
             if n + len(mine) > cap:
                 new_cap = max(16, 2 * (n + len(mine)))
@@ -147,18 +156,18 @@ class _KeptSpace:
             cos = x @ self.store[:self.count].T
             cand, kept = np.nonzero(cos >= threshold)
             return cand, kept, cos[cand, kept]
-        nprobe = min(self.nprobe, len(self.centroids))
-        probe = np.argpartition(-(x @ self.centroids.T), nprobe - 1, axis=1)[:, :nprobe]
-        order = np.argsort(probe.ravel(), kind="stable")
-        cells, cands = probe.ravel()[order], np.repeat(np.arange(len(x)), nprobe)[order]
-        bounds = np.flatnonzero(np.diff(cells)) + 1
+        # every cell that can hold a row within arccos(threshold) of x (triangle inequality on angles; unit rows,
+        # a milliradian of slack for float16 rounding)
+        norms = np.linalg.norm(x, axis=1, keepdims=True).clip(min=1e-12)
+        to_centroid = np.arccos(np.clip((x @ self.centroids.T) / norms, -1.0, 1.0))  # [B, nlist]
+        reach = math.acos(min(1.0, max(-1.0, float(threshold)))) + self.cell_reach + 1e-3
+        probe = to_centroid <= reach[None, :]
         out_c, out_k, out_s = [], [], []
-        for lo, hi in zip(np.r_[0, bounds].tolist(), np.r_[bounds, len(cells)].tolist(), strict=True):
-            c = int(cells[lo])
+        for c in np.flatnonzero(probe.any(0)).tolist():
             n = self.cell_n[c]
             if n == 0:
                 continue
-            who = cands[lo:hi]
+            who = np.flatnonzero(probe[:, c])
             cos = x[who] @ self.cell_vecs[c][:n].T
             i, j = np.nonzero(cos >= threshold)
             if len(i):

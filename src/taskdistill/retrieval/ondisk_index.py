@@ -150,10 +150,14 @@ def _stdout_to_stderr() -> Iterator[None]:
 def _train(pool: ClipPool, folder: Path, params: IvfPqParams, progress: bool) -> Any:
     """The trained empty index: loaded from `trained.index` when its key matches, else trained and saved."""
     faiss = require_faiss()
-    key = params.trained_key(pool.dim)
+    # the quantiser is the pool's own: its key holds the pool's fingerprint and the k-means iterations
+    key = {"params": params.trained_key(pool.dim), "pool": pool.fingerprint(), "niter": KMEANS_ITERATIONS}
     path, side = folder / "trained.index", folder / "trained.json"
     if path.is_file() and side.is_file() and json.loads(side.read_text()).get("key") == key:
-        return faiss.read_index(str(path))
+        index = faiss.read_index(str(path))
+        if (index.d, index.nlist, index.pq.M, index.pq.nbits) == (pool.dim, params.nlist, params.m, params.nbits):
+            return index
+    side.unlink(missing_ok=True)  # the record goes first: a crash before the new one leaves no stale match
     rows = np.sort(np.random.default_rng(params.seed).choice(pool.n, size=params.train_size, replace=False))
     x = np.concatenate([pool.vectors(rows[i:i + 65_536]) for i in range(0, len(rows), 65_536)])
     index = faiss.IndexIVFPQ(faiss.IndexFlatIP(pool.dim), pool.dim, params.nlist, params.m, params.nbits,
@@ -166,7 +170,8 @@ def _train(pool: ClipPool, folder: Path, params: IvfPqParams, progress: bool) ->
     bar.close()
     with atomic_path(path) as tmp:
         faiss.write_index(index, str(tmp))
-    write_json(side, {"format": FORMAT, "key": key, "trained_on": pool.fingerprint()})
+    write_json(side, {"format": FORMAT, "key": key, "trained_on": key["pool"],
+                      "index_bytes": path.stat().st_size, "index_mtime_ns": path.stat().st_mtime_ns})
     return index
 
 
@@ -185,10 +190,16 @@ def build_ondisk_index(pool: ClipPool, folder: str | Path, params: IvfPqParams, 
             idx = OnDiskIndex.load(folder)
         except ConfigError:
             idx = None
-        if idx is not None and idx.meta.get("build_key") == build_key:
+        stored = {k: v for k, v in (idx.meta.get("build_key") or {}).items() if k != "quantiser"} if idx else None
+        if idx is not None and stored == build_key:
             idx.set_nprobe(params.nprobe)
             return idx, True
+    for stale in folder.glob(".merged-tmp-*"):  # left by a merge that was killed
+        shutil.rmtree(stale, ignore_errors=True)
     trained = _train(pool, folder, params, progress)
+    side = json.loads((folder / "trained.json").read_text())
+    # blocks encoded with another quantiser must not be merged with this one
+    build_key = {**build_key, "quantiser": [side["index_bytes"], side["index_mtime_ns"]]}
     blocks = folder / "blocks"
     stamp = blocks / "blocks.json"
     if force or not stamp.is_file() or json.loads(stamp.read_text()) != build_key:
@@ -238,6 +249,8 @@ def shortlist(index: OnDiskIndex, pool: ClipPool, queries: np.ndarray, k: int, r
     k = max(1, min(int(k), pool.n))
     out_s = np.full((len(q), k), -np.inf, np.float32)
     out_r = np.full((len(q), k), -1, np.int64)
+    # at most 2^21 candidate rows read per batch (4 GB at 512-d float32): fewer queries per batch when k is large
+    batch = max(1, min(batch, (1 << 21) // max(1, rerank * k)))
     for b0 in range(0, len(q), batch):
         qb = q[b0:b0 + batch]
         _, cand = index.search(qb, max(k, rerank * k))

@@ -25,7 +25,7 @@ import numpy as np
 from taskdistill.atomic import atomic_path, write_json
 from taskdistill.errors import ConfigError
 from taskdistill.progress import ProgressLine
-from taskdistill.retrieval.clip_layout import EMB_DIR, ENCODER_FILE, META_DIR, require_pyarrow
+from taskdistill.retrieval.clip_layout import EMB_DIR, ENCODER_FILE, META_DIR, clear_pool, require_pyarrow
 
 FORMAT = "taskdistill-synthetic-pool/1"
 SHARD_ROWS = 10_000
@@ -159,6 +159,7 @@ def write_synthetic_pool(out: str | Path, spec: SyntheticSpec, progress: bool = 
     rng0 = np.random.default_rng([spec.seed, 2])
     topics = _unit(rng0.standard_normal((TOPICS, spec.dim), dtype=np.float32))
     centres = _unit(truth.queries.reshape(spec.classes, spec.queries_per_class, -1).mean(1))
+    clear_pool(out)
     bar = ProgressLine(spec.n, "generate synthetic pool", "vec", enabled=progress)
     for p, p0 in enumerate(range(0, spec.n, spec.part_rows)):
         p1 = min(p0 + spec.part_rows, spec.n)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -20,7 +21,8 @@ import torch
 
 from taskdistill.atomic import atomic_path, write_json
 from taskdistill.data.image_set import ImageSet
-from taskdistill.retrieval.clip_layout import ClipPool, check_encoder
+from taskdistill.errors import ConfigError
+from taskdistill.retrieval.clip_layout import ENCODER_FILE, ClipPool, check_encoder
 from taskdistill.retrieval.curate import DupRule, GuardSet, guard_set, image_queries
 from taskdistill.retrieval.embed import EncoderSpec, build_encoder
 from taskdistill.retrieval.fetch import SHARD_DIGITS, fetch_members, is_url, locations_for
@@ -61,6 +63,13 @@ def _encoder_spec(pool: ClipPool, opts: WebCurateOptions) -> EncoderSpec:
     if rec is not None and rec.spec is not None and rec.encoder == name:
         spec = EncoderSpec.from_dict(rec.spec)
         return spec if opts.input_size is None else EncoderSpec(**{**spec.to_dict(), "input_size": opts.input_size})
+    if rec is not None and rec.encoder == name and opts.pretrained and not rec.pretrained:
+        raise ConfigError(f"--pretrained was given but '{pool.root}' was embedded with randomly initialised "
+                          f"'{name}' ({ENCODER_FILE}: pretrained false); drop --pretrained to embed queries alike")
+    if rec is None and not opts.pretrained:
+        print(f"warning: '{pool.root}' does not record whether its encoder was pretrained; queries are embedded "
+              f"with randomly initialised '{name}'. Pass --pretrained if the pool used pretrained weights "
+              f"(e.g. LAION's CLIP embeddings)", file=sys.stderr)
     pretrained = opts.pretrained or (rec is not None and rec.encoder == name and rec.pretrained)
     return EncoderSpec(name=name, pretrained=pretrained, input_size=opts.input_size, seed=opts.seed)
 
