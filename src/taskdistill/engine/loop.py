@@ -281,10 +281,14 @@ def fit(
     checkpoints = _Checkpoints(state, opts)
     log = ScalarLog(opts.log_path if rank == 0 else None, opts.tensorboard_dir if rank == 0 else None, tag=desc,
                     resume_step=pos.step if pos.step else None)
-    for m in modules if opts.compile else []:
-        m.compile()
-    task.train(True)
-    step_fn = DDPTask(task, trainable, device) if world_size > 1 else task
+    try:  # the scalar log (maybe a TensorBoard writer) is closed if the setup below fails
+        for m in modules if opts.compile else []:
+            m.compile()
+        task.train(True)
+        step_fn = DDPTask(task, trainable, device) if world_size > 1 else task
+    except BaseException:
+        log.close()
+        raise
     step, seen, last = pos.step, pos.images_seen, float("nan")
     scalars, epoch_means = StepScalars(device), EpochMeans()
     start = time.perf_counter()
