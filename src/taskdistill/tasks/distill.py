@@ -8,9 +8,10 @@ import torch
 from torch import nn
 
 from taskdistill.cache.teacher_outputs import TeacherOutputs
-from taskdistill.data.views import Views, model_input, replay_views
-from taskdistill.engine.batches import Batch, on_host
+from taskdistill.data.views import Views, model_input
+from taskdistill.engine.batches import Batch
 from taskdistill.losses.kd import kd_kl_loss, kd_kl_loss_from_probs
+from taskdistill.tasks.cached_targets import prepare_cached, views_and_targets
 
 
 class DistillTask:
@@ -40,18 +41,11 @@ class DistillTask:
         self.student.train(mode)
 
     def prepare(self, batch: Batch) -> Batch:
-        """Host-side work, run ahead by the loop's prefetch thread: the views replayed (`view_boxes` `[B, 4]`,
-        `view_flips` `[B]`) and the cached targets gathered (`targets`, float32), so the step only computes."""
-        indices, view_ids = on_host(batch["indices"]), on_host(batch["views"])
-        views = replay_views(indices, view_ids, self.view_seed)
-        return {**batch, "view_boxes": views.boxes, "view_flips": views.flips,
-                "targets": self.teacher_outputs.gather(indices, view_ids)}
+        """Host-side work, run ahead by the loop's prefetch thread (`cached_targets.prepare_cached`)."""
+        return prepare_cached(batch, self.teacher_outputs, self.view_seed)
 
     def _views_and_target(self, batch: Batch, device: torch.device) -> tuple[Views, torch.Tensor]:
-        if "targets" not in batch:
-            batch = self.prepare(batch)
-        views = Views(on_host(batch["view_boxes"]), on_host(batch["view_flips"]))  # DDP may have moved them
-        return views, batch["targets"].to(device, non_blocking=True)
+        return views_and_targets(batch, self.teacher_outputs, self.view_seed, device)
 
     def __call__(self, batch: Batch) -> dict[str, torch.Tensor]:
         views, target = self._views_and_target(batch, batch["images"].device)
