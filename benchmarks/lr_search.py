@@ -61,7 +61,7 @@ def main() -> None:
     out = Path(args.out)
     path = args.config if Path(args.config).exists() else shipped_configs()[args.config]
     kind = kind_of(load_config(RunConfig, path, args.overrides))
-    seg = kind.budget_unit != "labels per class"  # budgets of labeled images (segmentation)
+    seg = kind.name == "segmentation"  # budgets count labeled images, not labels per class
     grid, metric = (SEG_GRID if seg else GRID), kind.metric
     split = ([f"segmentation.labeled_images={args.budget + args.val}", f"segmentation.val_images={args.val}"] if seg
              else [f"data.labels_per_class={args.budget + args.val}", f"data.val_per_class={args.val}"])

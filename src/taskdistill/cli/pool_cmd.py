@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from taskdistill.cli.common import add_config_args, config_from_args
 
@@ -139,7 +139,6 @@ def _embed(args: argparse.Namespace) -> int:
 def _curate(args: argparse.Namespace) -> int:
     from taskdistill.engine.device import resolve_device, set_threads
     from taskdistill.retrieval.clip_layout import is_clip_layout
-    from taskdistill.retrieval.curate import DupRule
     from taskdistill.retrieval.transfer_set import CurateOptions, curate_transfer_set, split_for_curation
 
     cfg = config_from_args(args)
@@ -150,25 +149,15 @@ def _curate(args: argparse.Namespace) -> int:
     opts = CurateOptions(
         strategy=args.strategy, n=args.n, views=args.views, seed=args.seed, task_source=args.task_source,
         index_kind=args.index, prompt=args.prompt,
-        leak_rule=DupRule(args.leak_sig_threshold, args.leak_emb_threshold, args.leak_sig_floor),
-        dedup_rule=None if args.no_dedup else DupRule(args.dedup_sig_threshold, args.dedup_emb_threshold,
-                                                       args.dedup_sig_floor),
-        device=str(resolve_device(args.device)))
+        **_rules(args), device=str(resolve_device(args.device)))
     summary = curate_transfer_set(args.embeddings, labeled, guard, opts, args.out)
-    keys = ("strategy", "n_selected", "sources", "precision", "leakage", "duplicates_rejected", "manifest")
-    shown = {k: summary.get(k) for k in keys}
-    shown["leakage"] = {k: v for k, v in summary["leakage"].items() if k != "examples"}
-    print(json.dumps(shown, indent=2))
-    if "warning" in summary:
-        print(f"warning: {summary['warning']}")
-    print(f"use it with: --set distill.transfer.source={summary['manifest']}")
-    return 0
+    return _show(summary, ("strategy", "n_selected", "sources", "precision", "leakage", "duplicates_rejected",
+                           "manifest"))
 
 
 def _curate_web(args: argparse.Namespace, cfg: RunConfig) -> int:
     from taskdistill.engine.device import resolve_device
     from taskdistill.errors import ConfigError
-    from taskdistill.retrieval.curate import DupRule
     from taskdistill.retrieval.transfer_set import split_for_curation
     from taskdistill.retrieval.web_transfer_set import WebCurateOptions, curate_web_pool
 
@@ -181,12 +170,23 @@ def _curate_web(args: argparse.Namespace, cfg: RunConfig) -> int:
         input_size=args.input_size, index_dir=args.index_dir, nlist=args.nlist, nprobe=args.nprobe, pq_m=args.pq_m,
         rerank=args.rerank, exact=args.exact, shards=args.shards, shard_digits=args.shard_digits,
         copy_images=args.copy_images, task_source=args.task_source,
-        leak_rule=DupRule(args.leak_sig_threshold, args.leak_emb_threshold, args.leak_sig_floor),
-        dedup_rule=None if args.no_dedup else DupRule(args.dedup_sig_threshold, args.dedup_emb_threshold,
-                                                       args.dedup_sig_floor),
-        device=str(resolve_device(args.device)))
+        **_rules(args), device=str(resolve_device(args.device)))
     summary = curate_web_pool(args.embeddings, labeled, guard, opts, args.out)
-    keys = ("strategy", "n_selected", "pool_size", "sources", "precision", "duplicates_rejected", "seconds", "manifest")
+    return _show(summary, ("strategy", "n_selected", "pool_size", "sources", "precision", "duplicates_rejected",
+                           "seconds", "manifest"))
+
+
+def _rules(args: argparse.Namespace) -> dict[str, Any]:
+    """The leakage guard's and the deduplicator's rules from the command line (`dedup_rule` None: no dedup)."""
+    from taskdistill.retrieval.curate import DupRule
+
+    return {"leak_rule": DupRule(args.leak_sig_threshold, args.leak_emb_threshold, args.leak_sig_floor),
+            "dedup_rule": None if args.no_dedup else DupRule(args.dedup_sig_threshold, args.dedup_emb_threshold,
+                                                             args.dedup_sig_floor)}
+
+
+def _show(summary: dict[str, Any], keys: tuple[str, ...]) -> int:
+    """Print a curation summary's `keys` (leakage without its examples) and how to use the manifest."""
     shown = {k: summary.get(k) for k in keys}
     shown["leakage"] = {k: v for k, v in summary["leakage"].items() if k != "examples"}
     print(json.dumps(shown, indent=2))

@@ -23,12 +23,15 @@ from taskdistill.config.schema import DistillConfig, ModelConfig, OptimConfig, R
 from taskdistill.data.image_set import ImageSet
 from taskdistill.data.prepare import LabeledSet, PreparedData
 from taskdistill.data.streaming import ShardStream
+from taskdistill.engine.batches import ImageBatches
 from taskdistill.engine.compute import count_parameters
 from taskdistill.engine.inference import BatchSize
-from taskdistill.engine.loop import FitResult, LoopOptions
+from taskdistill.engine.loop import FitResult, LoopOptions, fit
+from taskdistill.engine.schedule import schedule_of
 from taskdistill.errors import ConfigError
 from taskdistill.kinds.predictions import PredictOptions
 from taskdistill.results import FitInfo, Metrics, StageCost
+from taskdistill.tasks.supervised import SupervisedTask
 
 
 def part_options(options: LoopOptions | None, part: str) -> LoopOptions | None:
@@ -107,6 +110,17 @@ class TaskKind(ABC):
     def supervised(self, model: nn.Module, labeled: LabeledSet, opt: OptimConfig, seed: int, device: torch.device,
                    desc: str, head_only: bool = False, options: LoopOptions | None = None) -> FitInfo:
         """Train `model` on the labels (the whole model, or only its head on a frozen backbone)."""
+
+    def _fit_labels(self, task: SupervisedTask, model: nn.Module, labeled: LabeledSet, opt: OptimConfig, seed: int,
+                    device: torch.device, desc: str, options: LoopOptions | None) -> FitInfo:
+        """Run a supervised task over the labeled set's batches; every weight trains again afterwards (a
+        head-only task froze the backbone)."""
+        try:
+            return fit_info(fit(task, ImageBatches(labeled), schedule_of(opt), seed=seed, device=device, desc=desc,
+                                options=options))
+        finally:
+            for p in model.parameters():
+                p.requires_grad_(True)
 
     def train_teacher(self, teacher: nn.Module, cfg: TeacherConfig, labeled: LabeledSet, seed: int,
                       device: torch.device, options: LoopOptions | None = None) -> StageCost:

@@ -15,7 +15,7 @@ from taskdistill.config.schema import DistillConfig, ModelConfig, OptimConfig, R
 from taskdistill.data.image_set import ImageSet
 from taskdistill.data.prepare import PreparedData, load_size_for, load_task_data, prepare_data
 from taskdistill.data.streaming import ShardStream
-from taskdistill.engine.batches import ImageBatches, ViewBatches
+from taskdistill.engine.batches import ViewBatches
 from taskdistill.engine.checkpoint import decode_policy_of
 from taskdistill.engine.evaluate import evaluate
 from taskdistill.engine.inference import BatchSize
@@ -81,12 +81,7 @@ class Classification(TaskKind):
             return dataclasses.replace(fit_info(result), images=len(labeled))
         task = SupervisedTask(model, augment=opt.augment, label_smoothing=opt.label_smoothing, head_only=head_only,
                               freeze_bn=opt.freeze_bn, seed=seed)
-        try:
-            return fit_info(fit(task, ImageBatches(labeled), schedule_of(opt), seed=seed, device=device, desc=desc,
-                                options=options))
-        finally:
-            for p in model.parameters():
-                p.requires_grad_(True)
+        return self._fit_labels(task, model, labeled, opt, seed, device, desc, options)
 
     def distill(self, student: nn.Module, teacher: nn.Module, transfer: ImageSet | ShardStream,
                 dcfg: DistillConfig, cfg: RunConfig, cache_dir: Path, seed: int, device: torch.device,

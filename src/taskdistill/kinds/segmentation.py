@@ -30,7 +30,7 @@ from taskdistill.data.prepare import (
 from taskdistill.data.segmentation import SegmentationSet, SegTaskData, few_shot_images, load_seg_folders
 from taskdistill.data.sources import TaskData
 from taskdistill.data.streaming import ShardStream
-from taskdistill.engine.batches import ImageBatches, ViewBatches
+from taskdistill.engine.batches import ViewBatches
 from taskdistill.engine.inference import BatchSize
 from taskdistill.engine.loop import LoopOptions, fit
 from taskdistill.engine.schedule import schedule_of
@@ -120,12 +120,7 @@ class Segmentation(TaskKind):
         """Per-pixel cross-entropy on the labeled masks (whole model, or the head on a frozen backbone)."""
         task = SupervisedTask(model, augment=opt.augment, head_only=head_only, freeze_bn=opt.freeze_bn, seed=seed,
                               per_pixel=True, ignore_index=labeled.ignore_index)
-        try:
-            return fit_info(fit(task, ImageBatches(labeled), schedule_of(opt), seed=seed, device=device, desc=desc,
-                                options=options))
-        finally:
-            for p in model.parameters():
-                p.requires_grad_(True)
+        return self._fit_labels(task, model, labeled, opt, seed, device, desc, options)
 
     def _transfer(self, transfer: ImageSet | ShardStream) -> ImageSet:
         if not isinstance(transfer, ImageSet):

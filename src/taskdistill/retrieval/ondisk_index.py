@@ -147,11 +147,11 @@ def _stdout_to_stderr() -> Iterator[None]:
         os.close(saved)
 
 
-def _train(pool: ClipPool, folder: Path, params: IvfPqParams, progress: bool) -> Any:
+def _train(pool: ClipPool, folder: Path, params: IvfPqParams, progress: bool, fingerprint: str) -> Any:
     """The trained empty index: loaded from `trained.index` when its key matches, else trained and saved."""
     faiss = require_faiss()
     # the quantiser is the pool's own: its key holds the pool's fingerprint and the k-means iterations
-    key = {"params": params.trained_key(pool.dim), "pool": pool.fingerprint(), "niter": KMEANS_ITERATIONS}
+    key = {"params": params.trained_key(pool.dim), "pool": fingerprint, "niter": KMEANS_ITERATIONS}
     path, side = folder / "trained.index", folder / "trained.json"
     if path.is_file() and side.is_file() and json.loads(side.read_text()).get("key") == key:
         index = faiss.read_index(str(path))
@@ -196,7 +196,7 @@ def build_ondisk_index(pool: ClipPool, folder: str | Path, params: IvfPqParams, 
             return idx, True
     for stale in folder.glob(".merged-tmp-*"):  # left by a merge that was killed
         shutil.rmtree(stale, ignore_errors=True)
-    trained = _train(pool, folder, params, progress)
+    trained = _train(pool, folder, params, progress, fingerprint)
     side = json.loads((folder / "trained.json").read_text())
     # blocks encoded with another quantiser must not be merged with this one
     build_key = {**build_key, "quantiser": [side["index_bytes"], side["index_mtime_ns"]]}
