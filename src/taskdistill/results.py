@@ -129,6 +129,9 @@ class MethodRecord:
     student: ModelCost
     teacher: ModelCost | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    # test scores of the method's stages that were evaluated, by stage name (e.g. the distilled student before
+    # stage 3), so a report can show what each stage changed
+    stage_scores: dict[str, dict[str, float]] = field(default_factory=dict)
 
     @property
     def seconds(self) -> float:
@@ -148,5 +151,7 @@ class MethodRecord:
         if self.teacher is not None:
             rec.update({"teacher_model": self.teacher.model, "teacher_params": self.teacher.params,
                         "teacher_gflops": self.teacher.gflops})
+        if self.stage_scores:
+            rec["stage_scores"] = self.stage_scores
         rec.update(self.extra)
         return rec

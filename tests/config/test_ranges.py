@@ -112,8 +112,9 @@ def test_rules_across_fields():
     assert "segmentation.composite.min_items=4, segmentation.composite.max_items=3: min_items must be <= max_items" in text
     assert "segmentation.composite.min_scale=0.7, segmentation.composite.max_scale=0.65" in text
     with pytest.raises(ConfigError, match=r"tdmr\.pad=32, teacher\.model\.input_size=64: .*below half"):
-        load_config(RunConfig, None, ["tdmr.pad=32"])
-    assert load_config(RunConfig, None, ["tdmr.pad=31"]).tdmr.pad == 31
+        load_config(RunConfig, None, ["tdmr.prompt=padding", "tdmr.pad=32"])
+    assert load_config(RunConfig, None, ["tdmr.prompt=padding", "tdmr.pad=31"]).tdmr.pad == 31
+    assert load_config(RunConfig, None, ["tdmr.pad=32"]).tdmr.pad == 32  # the default prompt (none) has no frame
     assert load_config(RunConfig, None, ["tdmr.pad=32", "tdmr.prompt=full"]).tdmr.pad == 32  # no frame: no rule
     with pytest.raises(ConfigError, match=r"tdmr\.source_classes=0, tdmr\.label_mapping=linear-logits"):
         load_config(RunConfig, None, ["tdmr.source_classes=0"])

@@ -18,10 +18,10 @@ def test_pretrained_student_gets_its_own_distillation_lr(pretrained, override, e
     def fake_distill(name, title, student, teacher, dcfg, meter):
         seen["lr"], seen["distill_stage"] = dcfg.train.lr, name
 
-    def fake_supervised(name, title, model, opt_name, meter, chain=()):
-        seen["final_stage"], seen["chain"] = name, chain
+    def fake_finetune(name, title, student, teacher, meter, chain=(), hard_labels=False):
+        seen["final_stage"], seen["chain"], seen["anchor_teacher"] = name, chain, teacher
 
-    cell = SimpleNamespace(cfg=cfg, distill=fake_distill, supervised=fake_supervised,
+    cell = SimpleNamespace(cfg=cfg, distill=fake_distill, finetune=fake_finetune,
                            finetuned_teacher=lambda meter: "teacher", student=lambda pretrained=False: "student",
                            record=lambda name, *a: {"method": name})
     methods._task_oriented(cell, pretrained, "x")
@@ -30,3 +30,4 @@ def test_pretrained_student_gets_its_own_distillation_lr(pretrained, override, e
     assert (seen["distill_stage"], seen["final_stage"]) == (("x.distilled", "x") if pretrained
                                                              else ("student_distilled", "student"))
     assert seen["chain"] == (seen["distill_stage"],)
+    assert seen["anchor_teacher"] == "teacher"  # stage 3 keeps distilling from the teacher stage 2 used

@@ -29,6 +29,7 @@ from taskdistill.data.views import Views, model_input, replay_views
 from taskdistill.engine.batches import EpochSampler
 from taskdistill.engine.inference import infer_batch
 from taskdistill.engine.prefetch import ahead
+from taskdistill.progress import ProgressLine
 
 OutputKind = str  # "logits" or "features" for a plain teacher; a teacher with `cache_outputs` names its own
 
@@ -139,6 +140,9 @@ def build_teacher_outputs(teacher: nn.Module, transfer: ImageSet, num_views: int
     bar = tqdm(total=n * num_views, desc=f"teacher {kind}", unit="img", leave=False, mininterval=1.0,
                disable=None if writer else True)
     bar.update(sum(len(idx) for _, idx in work[:done]))
+    # off a terminal (nohup, CI, logs): a line with rate and ETA every few seconds instead of the bar
+    line = ProgressLine(n * num_views - sum(len(idx) for _, idx in work[:done]), f"teacher {kind}", unit="img",
+                        enabled=writer and not bool(getattr(sys.stderr, "isatty", lambda: False)()))
     cuda = torch.device(device).type == "cuda"
 
     def read(first: int) -> tuple[torch.Tensor, Views] | None:
@@ -164,6 +168,7 @@ def build_teacher_outputs(teacher: nn.Module, transfer: ImageSet, num_views: int
             rows_done = sum(len(o) for o in outs if o is not None)
         computed += rows_done
         bar.update(rows_done)
+        line.update(rows_done)
         if arrays[0] is None and writes:
             if shared:
                 widths = [w for w in distributed.gather_objects(None if out is None else out.shape[1]) if w is not None]
@@ -189,6 +194,8 @@ def build_teacher_outputs(teacher: nn.Module, transfer: ImageSet, num_views: int
             flush(min(first + world, total))
             last_flush = time.monotonic()
     bar.close()
+    if line.lines:
+        line.close()
     if writes:
         flush(total)
     return computed, distributed.broadcast_object(num_outputs)

@@ -18,8 +18,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         p = sub.add_parser(verb, help=helptext)
         add_config_args(p)
         p.add_argument("--redo", action="store_true", help="run the stage again even if it finished before")
-        if verb == "distill":
-            p.add_argument("--teacher", default=None, help="teacher checkpoint (default: the run folder's)")
+        if verb in ("distill", "finetune"):
+            p.add_argument("--teacher", default=None, help="teacher checkpoint (default: the run folder's; finetune "
+                                                           "reads it when distill.finetune_anchor > 0)")
         if verb == "finetune":
             p.add_argument("--student", default=None, help="student checkpoint (default: the run's distilled one)")
         p.set_defaults(func=_stage_verb, stages=stages)
@@ -43,6 +44,14 @@ def _stage_verb(args: argparse.Namespace) -> int:
     if args.redo:
         for stage in args.stages:
             forget_stage(folder, stage)
+    if "student" in args.stages and cfg.distill.finetune_anchor > 0 and not args.teacher:
+        from taskdistill.errors import ConfigError
+        from taskdistill.pipelines.run_folder import read_run_state
+
+        if "teacher" not in read_run_state(folder).get("stages", {}):
+            raise ConfigError(f"distill.finetune_anchor={cfg.distill.finetune_anchor} keeps distilling the teacher's "
+                              f"outputs in stage 3, but '{folder}' has no finished teacher; pass --teacher CKPT or "
+                              f"run `taskdistill teacher-finetune` with the same config first")
     given = {name: path for name, path in (("teacher", getattr(args, "teacher", None)),
                                            ("student_distilled", getattr(args, "student", None))) if path}
     result = run(cfg, mode="resume", methods=["task-oriented"], only=args.stages, given=given)

@@ -61,7 +61,9 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         if isinstance(value, tp):
             return value
         if not isinstance(value, dict):
-            raise ConfigError(f"{where}: expected a mapping of {tp.__name__} fields, got {value!r}")
+            names = [f.name for f in dataclasses.fields(tp)]
+            raise ConfigError(f"{where}: expected a mapping of {tp.__name__} fields ({', '.join(names)}), e.g. "
+                              f"{{{names[0]}: ...}}, got {value!r}")
         return from_dict(tp, value, prefix=where)
     if tp is bool:
         if isinstance(value, bool):

@@ -76,6 +76,12 @@ def fmt(value: Any) -> str:
         return str(value).lower()
     if isinstance(value, float):
         return f"{value:g}"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(fmt(v) for v in value) + "]"
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):  # a section in a list: the fields set
+        default = type(value)()
+        return "{" + ", ".join(f"{f.name}: {fmt(getattr(value, f.name))}" for f in dataclasses.fields(value)
+                               if getattr(value, f.name) != getattr(default, f.name)) + "}"
     return str(value)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import ClassVar, Literal
 
@@ -17,7 +18,8 @@ class DataConfig:
     """Where the labeled, unlabeled and test images come from and how the labels are budgeted."""
 
     dataset: str = "fashion-mnist"  # built-in name, "folder" or "csv"
-    root: str | None = None  # built-in: data root (default: the packaged location); folder/csv: train path
+    root: str | None = None  # built-in: data root (default: the packaged location; clipart: the folder it is built
+    # into, default <cache>/datasets/clipart-v1); folder/csv: train path
     test_root: str | None = None  # folder/csv: test split path (required for those)
     # k labels per class (exactly k; error if a class has fewer)
     labels_per_class: int | None = field(default=10, metadata=ge(1, "labels per class"))
@@ -77,6 +79,20 @@ class OptimConfig:
     min_steps: int = field(default=0, metadata=ge(0, "the fewest optimizer steps"))
 
 
+def _repeated_member(c: TeacherConfig) -> bool:
+    seen = [dataclasses.astuple(m) for m in (c.model, *c.ensemble)]
+    return len(set(seen)) < len(seen)
+
+
+def _unknown_member(c: TeacherConfig) -> bool:
+    """A plain (timm) member name timm does not know (hub names, `prefix:...`, are checked when built)."""
+    if not c.ensemble:
+        return False
+    import timm
+
+    return any(":" not in m.name and not timm.is_model(m.name) for m in c.ensemble)
+
+
 @dataclass
 class TeacherConfig:
     model: ModelConfig = field(default_factory=lambda: ModelConfig(name="tf_efficientnet_lite2", pretrained=True, input_size=64))
@@ -84,6 +100,18 @@ class TeacherConfig:
     probe: OptimConfig = field(default_factory=lambda: OptimConfig(epochs=10, lr=1e-2, weight_decay=0.0, augment="none", min_steps=100))
     train: OptimConfig = field(default_factory=lambda: OptimConfig(
         epochs=30, lr=1e-4, batch_size=32, weight_decay=0.05, freeze_bn=True))
+    # More teachers: the teacher is then an ensemble of `model` plus these (models/ensemble.py, docs/ensemble.md),
+    # each trained as `mode` says, whose softened outputs are averaged. Empty: `model` alone.
+    ensemble: list[ModelConfig] = field(default_factory=list)
+
+    rules: ClassVar[tuple[Rule, ...]] = (
+        Rule(("ensemble",), lambda c: not _repeated_member(c),
+             "a member repeats teacher.model or another member (the teacher is teacher.model plus every "
+             "teacher.ensemble member): drop the repeat from teacher.ensemble, or change one of them"),
+        Rule(("ensemble",), lambda c: not _unknown_member(c),
+             "a member names a model timm does not know: fix its name (list models with `taskdistill models`, "
+             "packaged weights with `taskdistill models --pretrained`)"),
+    )
 
 
 @dataclass
@@ -115,6 +143,12 @@ class DistillConfig:
     # weights (None: `train.lr`); a pretrained student wants a smaller one (benchmarks/lr_search.py).
     pretrained_student_lr: float | None = field(default=None, metadata=gt(0, "the learning rate of a pretrained student"))
     train: OptimConfig = field(default_factory=lambda: OptimConfig(epochs=6, lr=2e-3, batch_size=128, augment="none"))
+    # Stage 3 (the finetune on the labels after distillation) keeps distilling: every step adds this weight times
+    # the distillation loss on `finetune_transfer_batch` transfer images (their cached teacher outputs) to the
+    # labels' cross-entropy, so the labels refine the student without undoing what the transfer set taught it.
+    # 0: a plain finetune on the labels (BENCHMARKS.md "Stage 3").
+    finetune_anchor: float = field(default=0.0, metadata=ge(0, "the weight of the distillation loss in stage 3"))
+    finetune_transfer_batch: int = field(default=96, metadata=ge(1, "transfer images per stage-3 step"))
     cache_dir: str | None = None  # None: <output_dir>/.cache
 
 
@@ -147,7 +181,8 @@ class TDMRConfig:
 
     # the teacher is built with this many classes: packaged weights keep their head
     source_classes: int = field(default=1000, metadata=ge(0, "classes of the teacher's own head"))
-    prompt: Literal["padding", "full", "none"] = "padding"
+    # none: measured best on Fashion-MNIST at 64 px, 3 seeds (BENCHMARKS.md "TDMR"): padding -1.85, full -3.12 points
+    prompt: Literal["padding", "full", "none"] = "none"
     # padding prompt: frame width in pixels; None: the teacher's input_size // 8
     pad: int | None = field(default=None, metadata=ge(1, "the prompt frame width in pixels"))
     # flm / ilm: fixed one-to-one maps; linear-logits: learned map on the source logits, started at FLM;
@@ -288,4 +323,7 @@ class RunConfig:
                         or 2 * c.tdmr.pad < c.teacher.model.input_size),
              "the padding prompt's frame leaves no room for the image: set tdmr.pad below half the teacher's "
              "input size, or tdmr.pad=null for an eighth of it"),
+        Rule(("run.methods",), lambda c: "tdmr" not in c.run.methods or not c.teacher.ensemble,
+             "tdmr reprograms one frozen teacher and does not take teacher.ensemble: drop tdmr from run.methods, "
+             "or set teacher.ensemble=[]"),
     )

@@ -55,7 +55,8 @@ def load_size_for(cfg: RunConfig) -> int:
     """Folder/CSV images are decoded once at the largest resolution any model of the run needs."""
     if cfg.data.load_size is not None:
         return cfg.data.load_size
-    sizes = [m.input_size for m in (cfg.teacher.model, cfg.student.model) if m.input_size is not None]
+    models = (cfg.teacher.model, *cfg.teacher.ensemble, cfg.student.model)
+    sizes = [m.input_size for m in models if m.input_size is not None]
     return max(sizes) if sizes else 224
 
 

@@ -1,4 +1,4 @@
-"""Dataset specs: built-in `fashion-mnist`, a folder of class subfolders, or a CSV manifest (path,label)."""
+"""Dataset specs: built-ins `fashion-mnist` and `clipart`, a folder of class subfolders, or a CSV manifest (path,label)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from typing import IO, Literal
 import numpy as np
 import torch
 
+from taskdistill.data.clipart import ensure_clipart
 from taskdistill.data.decode import DecodePolicy, decode_array
 from taskdistill.data.idx import read_idx
 from taskdistill.data.image_set import ImageSet
@@ -22,7 +23,7 @@ FASHION_MNIST_ROOT = "/usr/share/datasets/fashion-mnist"
 FASHION_MNIST_CLASSES = [
     "t-shirt/top", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "ankle boot",
 ]
-BUILTINS = ("fashion-mnist",)
+BUILTINS = ("fashion-mnist", "clipart")
 # The built-in's pixels as they ship: 28x28 grayscale. Checkpoints record it, so `predict` decodes a new image
 # the same way (28 px, one channel) before resizing it to the model's input.
 FASHION_MNIST_POLICY = DecodePolicy(size=28, resize="squash", color="gray", jpeg_draft=False)
@@ -198,6 +199,10 @@ def load_dataset(
     """Dispatch on the dataset spec name: a built-in name, "folder" or "csv"."""
     if dataset == "fashion-mnist":
         return load_fashion_mnist(root, download=download)
+    if dataset == "clipart":  # built once from Debian packages into a folder dataset (data/clipart.py)
+        built = ensure_clipart(root)
+        return load_files("folder", str(built / "train"), str(built / "test"), policy, on_bad_image, store,
+                          on_empty_class)
     if dataset in ("folder", "csv"):
         if root is None:
             raise DataError(f"dataset '{dataset}' needs data.root (the training {dataset}) and data.test_root")

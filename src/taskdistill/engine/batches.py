@@ -12,6 +12,7 @@ from typing import Protocol, runtime_checkable
 
 import torch
 
+from taskdistill import distributed
 from taskdistill.data.batch import Batch
 from taskdistill.data.image_set import ImageSet
 from taskdistill.data.segmentation import SegmentationSet
@@ -24,7 +25,10 @@ ROWS_KEY = "batch_rows"
 # Batch entries that stay on the host when `fit` moves a batch to the device: they are read by host code
 # (view replay, memory-mapped cache gathers, `batch_rows`), so moving them would cost a copy there and a
 # sync back. "view_boxes" / "view_flips" are views a task's `prepare` replayed ahead (`Views` fields).
-HOST_KEYS: frozenset[str] = frozenset({"indices", "views", ROWS_KEY, "view_boxes", "view_flips"})
+# `TRANSFER_PREFIX` + a key: the same entry of the transfer rows an `AnchoredBatches` batch carries.
+TRANSFER_PREFIX = "transfer_"
+_HOST = ("indices", "views", "view_boxes", "view_flips")
+HOST_KEYS: frozenset[str] = frozenset({*_HOST, ROWS_KEY, *(TRANSFER_PREFIX + k for k in _HOST)})
 
 
 def on_host(t: torch.Tensor) -> torch.Tensor:
@@ -148,3 +152,40 @@ class ViewBatches(ImageBatches):
         out = super().batch(indices, epoch)
         out["views"] = self._views_of(epoch)[indices]
         return out
+
+
+class AnchoredBatches:
+    """Labeled batches with transfer rows attached: `ImageBatches` of the labeled set, plus `TRANSFER_PREFIX` +
+    each entry of a `ViewBatches` batch of `transfer_batch` transfer images (stage 3 that keeps distilling).
+
+    The loop samples the labeled set (its length is the labeled set's); the transfer rows of a batch are drawn
+    from a generator seeded by (seed, epoch, the batch's labeled indices), so they need no state to replay on
+    resume and every rank draws the same global rows (then keeps its own part, like `EpochSampler`).
+    """
+
+    def __init__(self, labeled: ImageBatches, transfer: ViewBatches, transfer_batch: int, seed: int) -> None:
+        if len(transfer) == 0:
+            raise ValueError("stage 3 keeps distilling over the transfer set, which is empty")
+        self.labeled, self.transfer, self.transfer_batch, self.seed = labeled, transfer, transfer_batch, seed
+
+    def __len__(self) -> int:
+        return len(self.labeled)
+
+    def transfer_rows(self, indices: torch.Tensor, epoch: int) -> torch.Tensor:
+        """This rank's transfer indices `[b]` for the labeled batch `indices` of `epoch`."""
+        key = hash((self.seed, epoch, *indices.tolist())) & 0x7FFF_FFFF_FFFF_FFFF
+        rows = torch.randint(len(self.transfer), (self.transfer_batch,), generator=torch.Generator().manual_seed(key))
+        here = distributed.info()
+        return rank_part(rows, here.rank, here.world_size)
+
+    def batch(self, indices: torch.Tensor, epoch: int) -> Batch:
+        out = self.labeled.batch(indices, epoch)
+        extra = self.transfer.batch(self.transfer_rows(indices, epoch), epoch)
+        out.update({TRANSFER_PREFIX + k: v for k, v in extra.items()})
+        return out
+
+
+def transfer_part(batch: Batch) -> Batch:
+    """The transfer rows of an `AnchoredBatches` batch, under their plain keys."""
+    n = len(TRANSFER_PREFIX)
+    return {k[n:]: v for k, v in batch.items() if k.startswith(TRANSFER_PREFIX)}

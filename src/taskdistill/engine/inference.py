@@ -9,6 +9,7 @@ of `inference_batch_size` at the default evaluation batch, as before.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from typing import Literal
 
@@ -21,6 +22,7 @@ from taskdistill.data.views import Views
 from taskdistill.engine.batches import EpochSampler, inference_batch_size
 from taskdistill.engine.precision import autocast, resolve_precision
 from taskdistill.engine.prefetch import ahead
+from taskdistill.progress import ProgressLine
 
 BatchSize = int | Literal["auto"]
 Forward = Callable[[torch.Tensor, Views | None], torch.Tensor]  # uint8 [B, C, H, W] on the device, views -> [B, ...]
@@ -99,10 +101,16 @@ def batched_inference(forward: Forward, images: Images, batch_size: int, device:
 
     outs = []
     shown = None if (progress and len(sampler) >= 4) else True
+    # off a terminal (nohup, CI, logs) a line every few seconds instead of the bar, for long passes
+    line = ProgressLine(len(images), desc, unit="img", enabled=progress and len(images) >= 2000
+                        and not bool(getattr(sys.stderr, "isatty", lambda: False)()))
     for x, v in tqdm(ahead(iter(sampler), build, prefetch), total=len(sampler), desc=desc, unit="batch", leave=False,
                      disable=shown):
         out = infer_batch(forward, x, device, precision, v).float()
         outs.append(out.to("cpu", non_blocking=True) if (on_cpu and cuda) else out)
+        line.update(len(x))
+    if line.enabled and line.lines:
+        line.close()
     if cuda:
         torch.cuda.synchronize(device)  # the non-blocking copies to the host are complete
     return torch.cat(outs) if outs else torch.empty(0)

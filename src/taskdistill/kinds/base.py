@@ -23,14 +23,16 @@ from taskdistill.config.schema import DistillConfig, ModelConfig, OptimConfig, R
 from taskdistill.data.image_set import ImageSet
 from taskdistill.data.prepare import LabeledSet, PreparedData
 from taskdistill.data.streaming import ShardStream
-from taskdistill.engine.batches import ImageBatches
+from taskdistill.engine.batches import AnchoredBatches, ImageBatches, ViewBatches
 from taskdistill.engine.compute import count_parameters
 from taskdistill.engine.inference import BatchSize
 from taskdistill.engine.loop import FitResult, LoopOptions, fit
 from taskdistill.engine.schedule import schedule_of
 from taskdistill.errors import ConfigError
 from taskdistill.kinds.predictions import PredictOptions
+from taskdistill.models.ensemble import EnsembleTeacher
 from taskdistill.results import FitInfo, Metrics, StageCost
+from taskdistill.tasks.anchored_finetune import AnchoredFinetuneTask, TransferTask
 from taskdistill.tasks.supervised import SupervisedTask
 
 
@@ -122,23 +124,74 @@ class TaskKind(ABC):
             for p in model.parameters():
                 p.requires_grad_(True)
 
+    @abstractmethod
+    def labels_task(self, model: nn.Module, labeled: LabeledSet, opt: OptimConfig, seed: int) -> SupervisedTask:
+        """The supervised task that trains the whole `model` on the labels with schedule `opt`'s options."""
+
+    @abstractmethod
+    def cached_transfer_task(self, student: nn.Module, teacher: nn.Module, transfer: ImageSet, dcfg: DistillConfig,
+                             cfg: RunConfig, cache_dir: Path, seed: int, device: torch.device,
+                             hard_labels: bool = False) -> tuple[TransferTask, dict[str, Any]]:
+        """Stage 2's task on `transfer` (an in-memory set) over the teacher's cached outputs (computed on a
+        miss), and the cache's facts (`teacher_images`, `seconds`, `bytes_per_view`, ...)."""
+
+    def anchored_finetune(self, student: nn.Module, teacher: nn.Module, labeled: LabeledSet,
+                          transfer: ImageSet | ShardStream, opt: OptimConfig, dcfg: DistillConfig, cfg: RunConfig,
+                          cache_dir: Path, seed: int, device: torch.device, desc: str,
+                          options: LoopOptions | None = None, hard_labels: bool = False) -> FitInfo:
+        """Stage 3 that keeps distilling: the labels' loss plus `dcfg.finetune_anchor` x stage 2's loss on
+        `dcfg.finetune_transfer_batch` transfer images per step (`tasks.anchored_finetune`). Images counted:
+        labeled and transfer rows."""
+        if not isinstance(transfer, ImageSet):
+            raise ConfigError("distill.finetune_anchor > 0 keeps distilling over cached teacher outputs; a streamed "
+                              "wds: transfer set has none. Set distill.finetune_anchor=0 or use an in-memory source")
+        distill, _ = self.cached_transfer_task(student, teacher, transfer, dcfg, cfg, cache_dir, seed, device,
+                                               hard_labels)
+        task = AnchoredFinetuneTask(self.labels_task(student, labeled, opt, seed), distill, dcfg.finetune_anchor)
+        source = AnchoredBatches(ImageBatches(labeled), ViewBatches(transfer, dcfg.transfer.views, seed),
+                                 dcfg.finetune_transfer_batch, seed)
+        try:
+            info = fit_info(fit(task, source, schedule_of(opt), seed=seed, device=device, desc=desc, options=options))
+        finally:
+            for p in student.parameters():
+                p.requires_grad_(True)
+        return dataclasses.replace(info, images=info.images + info.steps * dcfg.finetune_transfer_batch)
+
     def train_teacher(self, teacher: nn.Module, cfg: TeacherConfig, labeled: LabeledSet, seed: int,
                       device: torch.device, options: LoopOptions | None = None) -> StageCost:
-        """Stage 1: a task head on the pretrained backbone; linear probe, full finetune, or probe then finetune."""
+        """Stage 1: a task head on the pretrained backbone; linear probe, full finetune, or probe then finetune.
+
+        An ensemble teacher (`teacher.ensemble`, models/ensemble.py): each member in turn, as `cfg.mode` says, with
+        its parts' files (mid-stage checkpoints, scalar logs) in `<stage>/member<i>/<part>/`; the cost counts every
+        member's teacher images, and `details["members"]` holds each member's parts."""
         start = time.perf_counter()
         teacher.to(device)
-        parts: dict[str, FitInfo] = {}
-        if cfg.mode in ("linear-probe", "lp-ft"):
-            parts["probe"] = self.supervised(teacher, labeled, cfg.probe, seed, device, "teacher probe",
-                                             head_only=True, options=part_options(options, "probe"))
-        if cfg.mode in ("finetune", "lp-ft"):
-            parts["finetune"] = self.supervised(teacher, labeled, cfg.train, seed, device, "teacher finetune",
-                                                options=part_options(options, "finetune"))
-        teacher.eval()
+
+        def train(model: nn.Module, opts: LoopOptions | None, who: str) -> dict[str, FitInfo]:
+            parts: dict[str, FitInfo] = {}
+            if cfg.mode in ("linear-probe", "lp-ft"):
+                parts["probe"] = self.supervised(model, labeled, cfg.probe, seed, device, f"{who} probe",
+                                                 head_only=True, options=part_options(opts, "probe"))
+            if cfg.mode in ("finetune", "lp-ft"):
+                parts["finetune"] = self.supervised(model, labeled, cfg.train, seed, device, f"{who} finetune",
+                                                    options=part_options(opts, "finetune"))
+            return parts
+
         details: dict[str, Any] = {"model": teacher.spec.name, "mode": cfg.mode, "params": count_parameters(teacher)}
-        details.update({k: vars(v) for k, v in parts.items()})
-        return StageCost(seconds=round(time.perf_counter() - start, 2),
-                         teacher_images=sum(p.images for p in parts.values()), details=details)
+        if isinstance(teacher, EnsembleTeacher):
+            n, members = len(teacher.members), []
+            for i, member in enumerate(teacher.members):
+                parts = train(member, part_options(options, f"member{i}"), f"teacher {i + 1}/{n}")
+                members.append({"model": member.spec.name, "params": count_parameters(member),
+                                **{k: vars(v) for k, v in parts.items()}})
+            details["members"] = members
+            images = sum(p["images"] for m in members for k, p in m.items() if k in ("probe", "finetune"))
+        else:
+            parts = train(teacher, options, "teacher")
+            details.update({k: vars(v) for k, v in parts.items()})
+            images = sum(p.images for p in parts.values())
+        teacher.eval()
+        return StageCost(seconds=round(time.perf_counter() - start, 2), teacher_images=images, details=details)
 
     @abstractmethod
     def distill(self, student: nn.Module, teacher: nn.Module, transfer: ImageSet | ShardStream,

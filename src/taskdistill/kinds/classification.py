@@ -83,6 +83,21 @@ class Classification(TaskKind):
                               freeze_bn=opt.freeze_bn, seed=seed)
         return self._fit_labels(task, model, labeled, opt, seed, device, desc, options)
 
+    def labels_task(self, model: nn.Module, labeled: ImageSet, opt: OptimConfig, seed: int) -> SupervisedTask:
+        return SupervisedTask(model, augment=opt.augment, label_smoothing=opt.label_smoothing, freeze_bn=opt.freeze_bn,
+                              seed=seed)
+
+    def cached_transfer_task(self, student: nn.Module, teacher: nn.Module, transfer: ImageSet, dcfg: DistillConfig,
+                             cfg: RunConfig, cache_dir: Path, seed: int, device: torch.device,
+                             hard_labels: bool = False) -> tuple[DistillTask, dict[str, Any]]:
+        """KL to the teacher's cached softened outputs (`hard_labels`: cross-entropy to their argmax)."""
+        outputs, cache = cached_teacher_outputs(teacher, transfer, dcfg.transfer.views, view_seed=seed,
+                                                cache_dir=cache_dir, batch_size=inference_batch(cfg), device=device,
+                                                storage=storage_of(dcfg), precision=cfg.execution.precision,
+                                                compile=cfg.execution.compile)
+        task = (PseudoLabelTask if hard_labels else DistillTask)(student, outputs, dcfg.temperature, view_seed=seed)
+        return task, cache
+
     def distill(self, student: nn.Module, teacher: nn.Module, transfer: ImageSet | ShardStream,
                 dcfg: DistillConfig, cfg: RunConfig, cache_dir: Path, seed: int, device: torch.device,
                 options: LoopOptions | None = None, hard_labels: bool = False) -> StageCost:
@@ -103,10 +118,8 @@ class Classification(TaskKind):
                              details={**facts, "soft_labels": "on the fly", "shards": len(transfer.urls),
                                       "cache": {"hit": False, "mode": "teacher on the fly"}})
         views = dcfg.transfer.views
-        outputs, cache = cached_teacher_outputs(teacher, transfer, views, view_seed=seed, cache_dir=cache_dir,
-                                                batch_size=inference_batch(cfg), device=device, storage=storage_of(dcfg),
-                                                precision=cfg.execution.precision, compile=cfg.execution.compile)
-        task = (PseudoLabelTask if hard_labels else DistillTask)(student, outputs, dcfg.temperature, view_seed=seed)
+        task, cache = self.cached_transfer_task(student, teacher, transfer, dcfg, cfg, cache_dir, seed, device,
+                                                hard_labels)
         info = fit_info(fit(task, ViewBatches(transfer, views, seed), schedule_of(dcfg.train), seed=seed,
                             device=device, desc="distill", options=options))
         return StageCost(seconds=info.seconds, student_images=info.images, teacher_images=cache["teacher_images"],

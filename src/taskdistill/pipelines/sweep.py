@@ -29,6 +29,7 @@ from taskdistill.engine.loop import LoopOptions, loop_options
 from taskdistill.engine.schedule import scaled_config
 from taskdistill.errors import ConfigError, RunFolderError
 from taskdistill.kinds import TaskKind, kind_of
+from taskdistill.kinds.base import inference_batch
 from taskdistill.pipelines.cell import Cell, StageOutcome
 from taskdistill.pipelines.methods import METHODS, check_methods
 from taskdistill.report.sweep_report import write_sweep_report
@@ -58,8 +59,11 @@ class SweepStages:
 
     def stage(self, name: str, title: str, model: nn.Module, train: Callable[[], StageCost],
               chain: tuple[str, ...] = ()) -> StageOutcome:
-        if name != "teacher":
-            return StageOutcome(train())
+        if name != "teacher":  # evaluated, so the cell records what each stage gave (e.g. stage 3's change)
+            cost = train()
+            device = next(model.parameters()).device
+            return StageOutcome(cost, self.kind.evaluate(model, self.data.test, device, inference_batch(self.cfg),
+                                                         f"evaluate {name}", self.cfg.execution.precision))
         stem = self.teacher_dir / f"{self.kind.stem_prefix}b{self.kind.budget_of(self.cfg)}-s{self.cfg.seed}"
         if stem.with_suffix(".json").is_file():
             loaded, meta = load_checkpoint(stem, expect_classes=self.data.class_names)

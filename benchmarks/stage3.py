@@ -1,0 +1,107 @@
+"""Stage 3 (the finetune on the labels after distillation) on one distilled student: variants side by side.
+
+For each seed, one `taskdistill run` of task-oriented transfer (teacher, distilled student, plain finetune) in
+`<out>/base-s<seed>/`; then each variant of stage 3 starts from that run's teacher and distilled student
+(`run(..., only=["student"], given=...)`, the `taskdistill finetune` verb) in `<out>/<variant>-s<seed>/`.
+Selection is on a validation split (`--val` labeled images per class held out of the labels, split seed 100,
+kept out of the transfer set, as in benchmarks/lr_search.py); the test split only confirms.
+
+Every run starts from the plain stage 3 of before issue 20 (`PLAIN`: no anchor, lr 1e-4); a variant changes it.
+Run: .venv/bin/python benchmarks/stage3.py [--config fashion-mnist-sweep] [--seeds 0,1,2] [--set key=value]
+     [--variant NAME=key=value,key=value ...]
+Writes `<out>/summary.md` / `summary.json`: per seed and variant, val and test top-1 of the distilled student
+and of the student after stage 3, and the change stage 3 makes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+from pathlib import Path
+
+from taskdistill.atomic import write_json, write_text
+from taskdistill.cli.common import shipped_configs
+from taskdistill.config import RunConfig, load_config
+from taskdistill.pipelines.run import run
+from taskdistill.pipelines.run_folder import read_run_state
+
+PLAIN = ["distill.finetune_anchor=0", "student.finetune.lr=1e-4"]  # the finetune before issue 20 (the base runs')
+DEFAULT_VARIANTS = {
+    "plain": [],  # the base run's own stage 3
+    "anchor-1": ["distill.finetune_anchor=1.0"],
+    "anchor-1-lr3e-4": ["distill.finetune_anchor=1.0", "student.finetune.lr=3e-4"],
+    "anchor-1-lr1e-3": ["distill.finetune_anchor=1.0", "student.finetune.lr=1e-3"],
+    "anchor-1-lr3e-3": ["distill.finetune_anchor=1.0", "student.finetune.lr=3e-3"],
+    "plain-lr1e-3": ["student.finetune.lr=1e-3"],
+}
+
+
+def _config(name: str, sets: list[str]) -> RunConfig:
+    path = name if Path(name).exists() else shipped_configs()[name]
+    return load_config(RunConfig, path, sets)
+
+
+def _top1(folder: Path, stage: str) -> tuple[float | None, float]:
+    info = read_run_state(folder)["stages"][stage]
+    val = info.get("val", {}).get("top1")
+    return (100 * val if val is not None else None), 100 * info["test"]["top1"]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--config", default="fashion-mnist-sweep")
+    ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--val", type=int, default=20, help="validation images per class (0: none)")
+    ap.add_argument("--set", action="append", default=[], dest="sets", help="key=value for every run")
+    ap.add_argument("--variant", action="append", default=[],
+                    help="NAME=key=value,key=value (stage-3 settings on top of the plain finetune); default: "
+                         "DEFAULT_VARIANTS")
+    ap.add_argument("--out", default="benchmarks/results/stage3")
+    args = ap.parse_args()
+    out = Path(args.out)
+    variants = {v.split("=", 1)[0]: [s for s in v.split("=", 1)[1].split(",") if s] for v in args.variant} or DEFAULT_VARIANTS
+    common = [*PLAIN, *args.sets, f"output_dir={out}", f"distill.cache_dir={out / '.cache'}"]
+    if args.val:  # the validation images come out of the labeled images: budget + val labeled per class
+        budget = _config(args.config, args.sets).data.labels_per_class or 10
+        common += [f"data.labels_per_class={budget + args.val}", f"data.val_per_class={args.val}",
+                   "data.split_seed=100"]
+    rows = []
+    for seed in [int(s) for s in args.seeds.split(",")]:
+        base_name = f"base-s{seed}"
+        base = out / base_name
+        cfg = _config(args.config, [*common, f"seed={seed}", f"name={base_name}", "run.methods=[task-oriented]"])
+        if read_run_state(base).get("status") != "complete":  # a finished base is read, not reopened
+            run(cfg, mode="resume", methods=["task-oriented"])
+        d_val, d_test = _top1(base, "student_distilled")
+        for name, sets in variants.items():
+            if name == "plain" and not sets:
+                folder, stage = base, "student"
+            else:
+                folder, stage = out / f"{name}-s{seed}", "student"
+                vcfg = _config(args.config, [*common, *sets, f"seed={seed}", f"name={name}-s{seed}",
+                                             "run.methods=[task-oriented]"])
+                given = {"teacher": str(base / "checkpoints" / "teacher"),
+                         "student_distilled": str(base / "checkpoints" / "student_distilled")}
+                if "student" not in read_run_state(folder).get("stages", {}):
+                    run(vcfg, mode="resume", methods=["task-oriented"], only=["student"], given=given)
+            f_val, f_test = _top1(folder, stage)
+            rows.append({"seed": seed, "variant": name, "sets": sets, "distilled_val": d_val, "distilled_test": d_test,
+                         "final_val": f_val, "final_test": f_test})
+            print(f"seed {seed} {name:>20}: distilled val {d_val} test {d_test:.2f} -> val {f_val} test {f_test:.2f}")
+    write_json(out / "summary.json", {"config": args.config, "sets": args.sets, "rows": rows})
+    lines = [f"# Stage 3 variants ({args.config}; {' '.join(args.sets) or 'shipped settings'}; every row starts from PLAIN)", "",
+             "| variant | settings | val change (mean; seeds) | test change (mean; seeds) | test top-1 after |",
+             "|---|---|---|---|---|"]
+    for name, sets in variants.items():
+        mine = [r for r in rows if r["variant"] == name]
+        dv = [r["final_val"] - r["distilled_val"] for r in mine if r["final_val"] is not None]
+        dt = [r["final_test"] - r["distilled_test"] for r in mine]
+        fmt = lambda xs: (f"{statistics.mean(xs):+.2f} ({', '.join(f'{x:+.2f}' for x in xs)})" if xs else "-")  # noqa: E731
+        lines.append(f"| {name} | {' '.join(sets) or 'no anchor, lr 1e-4 (PLAIN)'} | {fmt(dv)} | {fmt(dt)} | "
+                     f"{statistics.mean(r['final_test'] for r in mine):.2f} |")
+    write_text(out / "summary.md", "\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
