@@ -65,3 +65,13 @@ def test_dump_round_trips():
 
     cfg = load_config(RunConfig, None, ["seed=3", "distill.transfer.views=4"])
     assert from_dict(RunConfig, yaml.safe_load(dump_yaml(cfg))) == cfg
+
+
+def test_a_stored_config_without_a_later_key_keeps_the_meaning_it_had():
+    from taskdistill.config.load import from_stored, to_dict
+
+    dumped = to_dict(load_config(RunConfig, None, []))
+    assert dumped["distill"]["finetune_anchor"] == 1.0  # today's default: stage 3 keeps distilling
+    del dumped["distill"]["finetune_anchor"]  # a sweep.yaml / checkpoint written before the key existed
+    assert from_stored(RunConfig, dumped).distill.finetune_anchor == 0.0  # meant a plain stage 3
+    assert from_dict(RunConfig, dumped).distill.finetune_anchor == 1.0  # a user's YAML gets today's default

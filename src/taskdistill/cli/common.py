@@ -58,10 +58,10 @@ def config_for_checkpoint(args: argparse.Namespace, meta: dict[str, Any]) -> Run
     if args.config is None and meta.get("config"):
         import copy
 
-        from taskdistill.config.load import apply_overrides, from_dict
+        from taskdistill.config.load import apply_overrides, from_stored
 
         overrides = list(args.overrides)
         if getattr(args, "on_bad_image", None):
             overrides.append(f"data.on_bad_image={args.on_bad_image}")
-        return from_dict(RunConfig, apply_overrides(copy.deepcopy(meta["config"]), overrides))
+        return from_stored(RunConfig, apply_overrides(copy.deepcopy(meta["config"]), overrides))
     return config_from_args(args)

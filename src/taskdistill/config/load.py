@@ -120,6 +120,29 @@ def from_dict(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
     return obj
 
 
+# Keys whose default changed after configs were stored with them missing: (section path, key, the value a
+# stored config without the key meant). A stored config (sweep.yaml, a checkpoint's) is a full dump, so a key
+# missing there did not exist yet when it was written.
+CHANGED_DEFAULTS: tuple[tuple[tuple[str, ...], str, Any], ...] = (
+    (("distill",), "finetune_anchor", 0.0),  # stage 3 was a plain finetune before issue 20
+)
+
+
+def from_stored(cls: type[T], data: dict[str, Any]) -> T:
+    """A config that taskdistill wrote earlier (a full dump: sweep.yaml, a checkpoint's `config`), read with the
+    meaning it had then: keys added since with a changed default get the value they stood for (`CHANGED_DEFAULTS`)."""
+    import copy
+
+    data = copy.deepcopy(data)
+    for path, key, old in CHANGED_DEFAULTS:
+        section: Any = data
+        for name in path:
+            section = section.get(name) if isinstance(section, dict) else None
+        if isinstance(section, dict) and key not in section:
+            section[key] = old
+    return from_dict(cls, data)
+
+
 def _upgrade_baselines(data: dict[str, Any]) -> dict[str, Any]:
     """A config written before `run.methods` (stored in older checkpoints and sweeps): `baselines: [scratch]`
     meant task-oriented transfer plus those baselines."""

@@ -146,8 +146,9 @@ class DistillConfig:
     # Stage 3 (the finetune on the labels after distillation) keeps distilling: every step adds this weight times
     # the distillation loss on `finetune_transfer_batch` transfer images (their cached teacher outputs) to the
     # labels' cross-entropy, so the labels refine the student without undoing what the transfer set taught it.
-    # 0: a plain finetune on the labels (BENCHMARKS.md "Stage 3").
-    finetune_anchor: float = field(default=0.0, metadata=ge(0, "the weight of the distillation loss in stage 3"))
+    # 0: a plain finetune on the labels (BENCHMARKS.md "Stage 3 that never hurts"). A stored config (sweep.yaml,
+    # a checkpoint's) written before this key existed is read with 0 (`config.load.from_stored`).
+    finetune_anchor: float = field(default=1.0, metadata=ge(0, "the weight of the distillation loss in stage 3"))
     finetune_transfer_batch: int = field(default=96, metadata=ge(1, "transfer images per stage-3 step"))
     cache_dir: str | None = None  # None: <output_dir>/.cache
 
@@ -166,8 +167,9 @@ class FeatureDistillConfig:
 @dataclass
 class StudentConfig:
     model: ModelConfig = field(default_factory=lambda: ModelConfig(name="resnet10t", pretrained=False, input_size=32))
+    # stage 3; lr 1e-3 with distill.finetune_anchor (a plain finetune wants 1e-4: BENCHMARKS.md "Stage 3")
     finetune: OptimConfig = field(default_factory=lambda: OptimConfig(
-        epochs=30, lr=1e-4, batch_size=32, min_steps=100, freeze_bn=True))
+        epochs=30, lr=1e-3, batch_size=32, min_steps=100, freeze_bn=True))
     scratch: OptimConfig = field(default_factory=lambda: OptimConfig(epochs=100, lr=2e-3, batch_size=32, min_steps=300))
     # The `pretrained-finetune` baseline: the pretrained student trained on the labels only (no distillation).
     pretrained_finetune: OptimConfig = field(default_factory=lambda: OptimConfig(

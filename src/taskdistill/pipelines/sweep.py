@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from taskdistill import distributed
 from taskdistill.atomic import write_json, write_text
-from taskdistill.config.load import from_dict, to_dict
+from taskdistill.config.load import from_stored, to_dict
 from taskdistill.config.schema import RunConfig
 from taskdistill.data.prepare import PreparedData
 from taskdistill.engine.checkpoint import load_checkpoint, save_checkpoint
@@ -98,7 +98,7 @@ def run_sweep(cfg: RunConfig, methods: Sequence[str], budgets: Sequence[int], se
         old = yaml.safe_load(stored.read_text())
         # Read the stored config through today's schema, so a field added since (with its default) does not
         # orphan a finished sweep; a changed value still does.
-        if to_dict(from_dict(RunConfig, old["config"])) != to_dict(cfg):
+        if to_dict(from_stored(RunConfig, old["config"])) != to_dict(cfg):
             raise RunFolderError(f"sweep folder '{folder}' was made with another config; use the same config to "
                                  f"continue it, --force to start over, or another --out folder")
     if force:
