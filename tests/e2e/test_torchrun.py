@@ -71,6 +71,7 @@ def test_distill_under_torchrun_matches_one_process_and_resumes_in_one(tmp_path:
     cache1, cache2 = _files(tmp_path / "cache1", ".npy"), _files(tmp_path / "cache2", ".npy")
     assert cache1 and cache1 == cache2
 
-    assert main(["finetune", *two_sets]) == 0  # one process continues the 2-process folder
+    # one process continues the 2-process folder; stage 3 keeps distilling, so it reads the given teacher
+    assert main(["finetune", "--teacher", teacher, *two_sets]) == 0
     state = json.loads((tmp_path / "runs" / "two" / "run.json").read_text())
     assert {"student_distilled", "student"} <= set(state["stages"]) and state["stages"]["student"]["cost"]["fit"]["steps"] > 0

@@ -26,7 +26,9 @@ TDMR_FAST = [
 
 def tiny_cfg(shapes_dataset, tmp_path, *extra: str) -> RunConfig:
     train, test = shapes_dataset
-    return load_config(RunConfig, None, tiny_overrides(train, test, tmp_path / "runs") + TDMR_FAST + list(extra))
+    # the padding prompt (not the default `none` since issue 20): these tests count and check its parameters
+    return load_config(RunConfig, None, tiny_overrides(train, test, tmp_path / "runs") + TDMR_FAST
+                       + ["tdmr.prompt=padding", *extra])
 
 
 _build = Classification.build_model
