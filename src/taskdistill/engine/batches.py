@@ -160,7 +160,8 @@ class AnchoredBatches:
 
     The loop samples the labeled set (its length is the labeled set's); the transfer rows of a batch are drawn
     from a generator seeded by (seed, epoch, the batch's labeled indices), so they need no state to replay on
-    resume and every rank draws the same global rows (then keeps its own part, like `EpochSampler`).
+    resume. Under DDP each rank draws its share (`transfer_batch / world_size` rows) from its own labeled rows:
+    the global step sees `transfer_batch` rows, but other ones than a single process draws.
     """
 
     def __init__(self, labeled: ImageBatches, transfer: ViewBatches, transfer_batch: int, seed: int) -> None:
@@ -173,10 +174,9 @@ class AnchoredBatches:
 
     def transfer_rows(self, indices: torch.Tensor, epoch: int) -> torch.Tensor:
         """This rank's transfer indices `[b]` for the labeled batch `indices` of `epoch`."""
-        key = hash((self.seed, epoch, *indices.tolist())) & 0x7FFF_FFFF_FFFF_FFFF
-        rows = torch.randint(len(self.transfer), (self.transfer_batch,), generator=torch.Generator().manual_seed(key))
-        here = distributed.info()
-        return rank_part(rows, here.rank, here.world_size)
+        key = hash((self.seed, epoch, *indices.tolist())) & 0x7FFF_FFFF_FFFF_FFFF  # ints hash the same in every process
+        share = max(1, self.transfer_batch // distributed.info().world_size)
+        return torch.randint(len(self.transfer), (share,), generator=torch.Generator().manual_seed(key))
 
     def batch(self, indices: torch.Tensor, epoch: int) -> Batch:
         out = self.labeled.batch(indices, epoch)
