@@ -28,10 +28,10 @@ from taskdistill.pipelines.run_folder import read_run_state
 PLAIN = ["distill.finetune_anchor=0", "student.finetune.lr=1e-4"]  # the finetune before issue 20 (the base runs')
 DEFAULT_VARIANTS = {
     "plain": [],  # the base run's own stage 3
-    "anchor-1": ["distill.finetune_anchor=1.0"],
-    "anchor-1-lr3e-4": ["distill.finetune_anchor=1.0", "student.finetune.lr=3e-4"],
-    "anchor-1-lr1e-3": ["distill.finetune_anchor=1.0", "student.finetune.lr=1e-3"],
-    "anchor-1-lr3e-3": ["distill.finetune_anchor=1.0", "student.finetune.lr=3e-3"],
+    "anchor-1": ["distill.finetune_anchor=1.0", "distill.finetune_anchor_lr=1e-4"],
+    "anchor-1-lr3e-4": ["distill.finetune_anchor=1.0", "distill.finetune_anchor_lr=3e-4"],
+    "anchor-1-lr1e-3": ["distill.finetune_anchor=1.0", "distill.finetune_anchor_lr=1e-3"],
+    "anchor-1-lr3e-3": ["distill.finetune_anchor=1.0", "distill.finetune_anchor_lr=3e-3"],
     "plain-lr1e-3": ["student.finetune.lr=1e-3"],
 }
 

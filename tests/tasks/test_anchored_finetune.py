@@ -83,13 +83,15 @@ def test_a_run_with_an_anchored_stage_3_counts_transfer_rows_and_records_the_wei
 
     train, test = shapes_dataset
     sets = [*tiny_overrides(train, test, tmp_path / "runs"), "distill.finetune_anchor=1.0",
-            "distill.finetune_transfer_batch=10", "student.finetune.min_steps=3", "num_threads=1"]
+            "distill.finetune_transfer_batch=10", "student.finetune.min_steps=3", "student.finetune.lr=1e-4",
+            "num_threads=1"]
     cfg = load_config(RunConfig, None, sets)
     run(cfg, methods=["task-oriented", "pseudo-label"])
     stages = read_run_state(tmp_path / "runs" / "tiny")["stages"]
     for name in ("student", "pseudo-label"):
         cost = stages[name]["cost"]
         steps = cost["fit"]["steps"]
-        assert cost["details"] == {"finetune_anchor": 1.0, "transfer_images_per_step": 10}
+        # its own rate (distill.finetune_anchor_lr), not student.finetune.lr (a plain stage 3's)
+        assert cost["details"] == {"finetune_anchor": 1.0, "lr": 1e-3, "transfer_images_per_step": 10}
         assert cost["student_images"] == steps * (8 + 10)  # finetune batch of 8 labels + 10 transfer rows
     assert dataclasses.asdict(cfg.distill)["finetune_anchor"] == 1.0

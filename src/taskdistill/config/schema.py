@@ -150,6 +150,9 @@ class DistillConfig:
     # a checkpoint's) written before this key existed is read with 0 (`config.load.from_stored`).
     finetune_anchor: float = field(default=1.0, metadata=ge(0, "the weight of the distillation loss in stage 3"))
     finetune_transfer_batch: int = field(default=96, metadata=ge(1, "transfer images per stage-3 step"))
+    # the rate of that stage 3 (student.finetune's other settings apply); None: student.finetune.lr. Methods whose
+    # stage 3 is a plain finetune (task-agnostic, tdmr, finetune_anchor 0) keep student.finetune.lr
+    finetune_anchor_lr: float | None = field(default=1e-3, metadata=gt(0, "the rate of the anchored stage 3"))
     cache_dir: str | None = None  # None: <output_dir>/.cache
 
 
@@ -167,9 +170,9 @@ class FeatureDistillConfig:
 @dataclass
 class StudentConfig:
     model: ModelConfig = field(default_factory=lambda: ModelConfig(name="resnet10t", pretrained=False, input_size=32))
-    # stage 3; lr 1e-3 with distill.finetune_anchor (a plain finetune wants 1e-4: BENCHMARKS.md "Stage 3")
+    # stage 3 (a plain finetune; when it keeps distilling its rate is distill.finetune_anchor_lr)
     finetune: OptimConfig = field(default_factory=lambda: OptimConfig(
-        epochs=30, lr=1e-3, batch_size=32, min_steps=100, freeze_bn=True))
+        epochs=30, lr=1e-4, batch_size=32, min_steps=100, freeze_bn=True))
     scratch: OptimConfig = field(default_factory=lambda: OptimConfig(epochs=100, lr=2e-3, batch_size=32, min_steps=300))
     # The `pretrained-finetune` baseline: the pretrained student trained on the labels only (no distillation).
     pretrained_finetune: OptimConfig = field(default_factory=lambda: OptimConfig(

@@ -167,6 +167,8 @@ class Cell:
         if dcfg.finetune_anchor == 0:
             return self.supervised(name, title, student, "finetune", meter, chain)
         opt = self.cfg.student.finetune
+        if dcfg.finetune_anchor_lr is not None:
+            opt = dataclasses.replace(opt, lr=dcfg.finetune_anchor_lr)
 
         def train() -> StageCost:
             start = time.perf_counter()
@@ -174,7 +176,7 @@ class Cell:
                                                self.cfg, self.cache_dir, self.seed, self.device,
                                                "student finetune (anchored)", self.stages.options(name), hard_labels)
             return StageCost(seconds=round(time.perf_counter() - start, 2), student_images=info.images, fit=info,
-                             details={"finetune_anchor": dcfg.finetune_anchor,
+                             details={"finetune_anchor": dcfg.finetune_anchor, "lr": opt.lr,
                                       "transfer_images_per_step": dcfg.finetune_transfer_batch})
 
         return self._labels_stage(name, title, student, train, chain, meter, "finetune")
