@@ -113,13 +113,14 @@ class TaskKind(ABC):
                    desc: str, head_only: bool = False, options: LoopOptions | None = None) -> FitInfo:
         """Train `model` on the labels (the whole model, or only its head on a frozen backbone)."""
 
-    def _fit_labels(self, task: SupervisedTask, model: nn.Module, labeled: LabeledSet, opt: OptimConfig, seed: int,
-                    device: torch.device, desc: str, options: LoopOptions | None) -> FitInfo:
-        """Run a supervised task over the labeled set's batches; every weight trains again afterwards (a
-        head-only task froze the backbone)."""
+    def _fit_labels(self, task: SupervisedTask | AnchoredFinetuneTask, model: nn.Module,
+                    labeled: LabeledSet | AnchoredBatches, opt: OptimConfig, seed: int, device: torch.device,
+                    desc: str, options: LoopOptions | None) -> FitInfo:
+        """Run a task that trains on the labels over the labeled set's batches (or a source built on them); every
+        weight trains again afterwards (a head-only task froze the backbone)."""
+        source = labeled if isinstance(labeled, AnchoredBatches) else ImageBatches(labeled)
         try:
-            return fit_info(fit(task, ImageBatches(labeled), schedule_of(opt), seed=seed, device=device, desc=desc,
-                                options=options))
+            return fit_info(fit(task, source, schedule_of(opt), seed=seed, device=device, desc=desc, options=options))
         finally:
             for p in model.parameters():
                 p.requires_grad_(True)
@@ -150,11 +151,7 @@ class TaskKind(ABC):
         task = AnchoredFinetuneTask(self.labels_task(student, labeled, opt, seed), distill, dcfg.finetune_anchor)
         source = AnchoredBatches(ImageBatches(labeled), ViewBatches(transfer, dcfg.transfer.views, seed),
                                  dcfg.finetune_transfer_batch, seed)
-        try:
-            info = fit_info(fit(task, source, schedule_of(opt), seed=seed, device=device, desc=desc, options=options))
-        finally:
-            for p in student.parameters():
-                p.requires_grad_(True)
+        info = self._fit_labels(task, student, source, opt, seed, device, desc, options)
         return dataclasses.replace(info, images=info.images + info.steps * dcfg.finetune_transfer_batch)
 
     def train_teacher(self, teacher: nn.Module, cfg: TeacherConfig, labeled: LabeledSet, seed: int,
