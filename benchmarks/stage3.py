@@ -1,13 +1,15 @@
 """Stage 3 (the finetune on the labels after distillation) on one distilled student: variants side by side.
 
-For each seed, one `taskdistill run` of task-oriented transfer (teacher, distilled student, plain finetune) in
+For each seed, one `taskdistill run` of `--method` (task-oriented by default, or another three-stage method:
+task-oriented-pretrained, pseudo-label, distill-linear-probe: teacher, distilled student, plain finetune) in
 `<out>/base-s<seed>/`; then each variant of stage 3 starts from that run's teacher and distilled student
-(`run(..., only=["student"], given=...)`, the `taskdistill finetune` verb) in `<out>/<variant>-s<seed>/`.
+(`run(..., only=[<final stage>], given=...)`, as the `taskdistill finetune` verb) in `<out>/<variant>-s<seed>/`.
 Selection is on a validation split (`--val` labeled images per class held out of the labels, split seed 100,
 kept out of the transfer set, as in benchmarks/lr_search.py); the test split only confirms.
 
 Every run starts from the plain stage 3 of before issue 20 (`PLAIN`: no anchor, lr 1e-4); a variant changes it.
-Run: .venv/bin/python benchmarks/stage3.py [--config fashion-mnist-sweep] [--seeds 0,1,2] [--set key=value]
+Run: .venv/bin/python benchmarks/stage3.py [--config fashion-mnist-sweep] [--method task-oriented] [--seeds 0,1,2]
+     [--set key=value]
      [--variant NAME=key=value,key=value ...]
 Writes `<out>/summary.md` / `summary.json`: per seed and variant, val and test top-1 of the distilled student
 and of the student after stage 3, and the change stage 3 makes.
@@ -36,6 +38,14 @@ DEFAULT_VARIANTS = {
 }
 
 
+THREE_STAGE = ("task-oriented", "task-oriented-pretrained", "pseudo-label", "distill-linear-probe")
+
+
+def _stages(method: str) -> tuple[str, str]:
+    """(distilled stage, final stage) of a three-stage method, as pipelines/methods.py names them."""
+    return ("student_distilled", "student") if method == "task-oriented" else (f"{method}.distilled", method)
+
+
 def _config(name: str, sets: list[str]) -> RunConfig:
     path = name if Path(name).exists() else shipped_configs()[name]
     return load_config(RunConfig, path, sets)
@@ -50,6 +60,7 @@ def _top1(folder: Path, stage: str) -> tuple[float | None, float]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--config", default="fashion-mnist-sweep")
+    ap.add_argument("--method", default="task-oriented", choices=THREE_STAGE)
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--val", type=int, default=20, help="validation images per class (0: none)")
     ap.add_argument("--set", action="append", default=[], dest="sets", help="key=value for every run")
@@ -65,31 +76,33 @@ def main() -> None:
         budget = _config(args.config, args.sets).data.labels_per_class or 10
         common += [f"data.labels_per_class={budget + args.val}", f"data.val_per_class={args.val}",
                    "data.split_seed=100"]
+    method, methods = args.method, [f"run.methods=[{args.method}]"]
+    distilled, final = _stages(method)
     rows = []
     for seed in [int(s) for s in args.seeds.split(",")]:
         base_name = f"base-s{seed}"
         base = out / base_name
-        cfg = _config(args.config, [*common, f"seed={seed}", f"name={base_name}", "run.methods=[task-oriented]"])
+        cfg = _config(args.config, [*common, f"seed={seed}", f"name={base_name}", *methods])
         if read_run_state(base).get("status") != "complete":  # a finished base is read, not reopened
-            run(cfg, mode="resume", methods=["task-oriented"])
-        d_val, d_test = _top1(base, "student_distilled")
+            run(cfg, mode="resume", methods=[method])
+        d_val, d_test = _top1(base, distilled)
         for name, sets in variants.items():
             if name == "plain" and not sets:
-                folder, stage = base, "student"
+                folder = base
             else:
-                folder, stage = out / f"{name}-s{seed}", "student"
-                vcfg = _config(args.config, [*common, *sets, f"seed={seed}", f"name={name}-s{seed}",
-                                             "run.methods=[task-oriented]"])
+                folder = out / f"{name}-s{seed}"
+                vcfg = _config(args.config, [*common, *sets, f"seed={seed}", f"name={name}-s{seed}", *methods])
                 given = {"teacher": str(base / "checkpoints" / "teacher"),
-                         "student_distilled": str(base / "checkpoints" / "student_distilled")}
-                if "student" not in read_run_state(folder).get("stages", {}):
-                    run(vcfg, mode="resume", methods=["task-oriented"], only=["student"], given=given)
-            f_val, f_test = _top1(folder, stage)
+                         distilled: str(base / "checkpoints" / distilled)}
+                if final not in read_run_state(folder).get("stages", {}):
+                    run(vcfg, mode="resume", methods=[method], only=[final], given=given)
+            f_val, f_test = _top1(folder, final)
             rows.append({"seed": seed, "variant": name, "sets": sets, "distilled_val": d_val, "distilled_test": d_test,
                          "final_val": f_val, "final_test": f_test})
             print(f"seed {seed} {name:>20}: distilled val {d_val} test {d_test:.2f} -> val {f_val} test {f_test:.2f}")
-    write_json(out / "summary.json", {"config": args.config, "sets": args.sets, "rows": rows})
-    lines = [f"# Stage 3 variants ({args.config}; {' '.join(args.sets) or 'shipped settings'}; every row starts from PLAIN)", "",
+    write_json(out / "summary.json", {"config": args.config, "method": method, "sets": args.sets, "rows": rows})
+    lines = [f"# Stage 3 variants ({method}, {args.config}; {' '.join(args.sets) or 'shipped settings'}; every row "
+             "starts from PLAIN)", "",
              "| variant | settings | val change (mean; seeds) | test change (mean; seeds) | test top-1 after |",
              "|---|---|---|---|---|"]
     for name, sets in variants.items():

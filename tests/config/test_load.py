@@ -75,3 +75,6 @@ def test_a_stored_config_without_a_later_key_keeps_the_meaning_it_had():
     del dumped["distill"]["finetune_anchor"]  # a sweep.yaml / checkpoint written before the key existed
     assert from_stored(RunConfig, dumped).distill.finetune_anchor == 0.0  # meant a plain stage 3
     assert from_dict(RunConfig, dumped).distill.finetune_anchor == 1.0  # a user's YAML gets today's default
+    del dumped["distill"]["pseudo_label_anchor_lr"]  # before pseudo-label's stage 3 had its own rate
+    assert from_stored(RunConfig, dumped).distill.pseudo_label_anchor_lr is None  # it took finetune_anchor_lr
+    assert from_dict(RunConfig, dumped).distill.pseudo_label_anchor_lr == 1e-4

@@ -88,10 +88,11 @@ def test_a_run_with_an_anchored_stage_3_counts_transfer_rows_and_records_the_wei
     cfg = load_config(RunConfig, None, sets)
     run(cfg, methods=["task-oriented", "pseudo-label"])
     stages = read_run_state(tmp_path / "runs" / "tiny")["stages"]
-    for name in ("student", "pseudo-label"):
+    # its own rate (distill.finetune_anchor_lr; pseudo-label's hard-label anchor: distill.pseudo_label_anchor_lr),
+    # not student.finetune.lr (a plain stage 3's)
+    for name, lr in (("student", 1e-3), ("pseudo-label", 1e-4)):
         cost = stages[name]["cost"]
         steps = cost["fit"]["steps"]
-        # its own rate (distill.finetune_anchor_lr), not student.finetune.lr (a plain stage 3's)
-        assert cost["details"] == {"finetune_anchor": 1.0, "lr": 1e-3, "transfer_images_per_step": 10}
+        assert cost["details"] == {"finetune_anchor": 1.0, "lr": lr, "transfer_images_per_step": 10}
         assert cost["student_images"] == steps * (8 + 10)  # finetune batch of 8 labels + 10 transfer rows
     assert dataclasses.asdict(cfg.distill)["finetune_anchor"] == 1.0

@@ -125,6 +125,7 @@ def from_dict(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
 # missing there did not exist yet when it was written.
 CHANGED_DEFAULTS: tuple[tuple[tuple[str, ...], str, Any], ...] = (
     (("distill",), "finetune_anchor", 0.0),  # stage 3 was a plain finetune before issue 20
+    (("distill",), "pseudo_label_anchor_lr", None),  # pseudo-label's stage 3 took finetune_anchor_lr
 )
 
 

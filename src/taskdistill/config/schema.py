@@ -153,6 +153,9 @@ class DistillConfig:
     # the rate of that stage 3 (student.finetune's other settings apply); None: student.finetune.lr. Methods whose
     # stage 3 is a plain finetune (task-agnostic, tdmr, finetune_anchor 0) keep student.finetune.lr
     finetune_anchor_lr: float | None = field(default=1e-3, metadata=gt(0, "the rate of the anchored stage 3"))
+    # `pseudo-label`'s anchored stage 3 (its anchor: cross-entropy on the teacher's hard labels) at its own rate;
+    # None: finetune_anchor_lr. Hard labels want a 10x smaller one (validation split, BENCHMARKS.md "Stage 3")
+    pseudo_label_anchor_lr: float | None = field(default=1e-4, metadata=gt(0, "the rate of pseudo-label's stage 3"))
     cache_dir: str | None = None  # None: <output_dir>/.cache
 
 

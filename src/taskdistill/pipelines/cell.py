@@ -162,13 +162,16 @@ class Cell:
     def finetune(self, name: str, title: str, student: nn.Module, teacher: nn.Module, meter: Meter,
                  chain: tuple[str, ...] = (), hard_labels: bool = False) -> StageOutcome:
         """Stage 3: the distilled student on the labels (`student.finetune`). With `distill.finetune_anchor` > 0
-        every step also distils `teacher`'s cached outputs on transfer images (`hard_labels`: its decisions)."""
+        every step also distils `teacher`'s cached outputs on transfer images (`hard_labels`: its decisions,
+        at `distill.pseudo_label_anchor_lr`)."""
         dcfg = self.cfg.distill
         if dcfg.finetune_anchor == 0:
             return self.supervised(name, title, student, "finetune", meter, chain)
         opt = self.cfg.student.finetune
-        if dcfg.finetune_anchor_lr is not None:
-            opt = dataclasses.replace(opt, lr=dcfg.finetune_anchor_lr)
+        lr = dcfg.pseudo_label_anchor_lr if hard_labels and dcfg.pseudo_label_anchor_lr is not None else None
+        lr = lr if lr is not None else dcfg.finetune_anchor_lr
+        if lr is not None:
+            opt = dataclasses.replace(opt, lr=lr)
 
         def train() -> StageCost:
             start = time.perf_counter()
