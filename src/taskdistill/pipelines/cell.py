@@ -168,8 +168,9 @@ class Cell:
         if dcfg.finetune_anchor == 0:
             return self.supervised(name, title, student, "finetune", meter, chain)
         opt = self.cfg.student.finetune
-        lr = dcfg.pseudo_label_anchor_lr if hard_labels and dcfg.pseudo_label_anchor_lr is not None else None
-        lr = lr if lr is not None else dcfg.finetune_anchor_lr
+        lr = dcfg.finetune_anchor_lr
+        if hard_labels and dcfg.pseudo_label_anchor_lr is not None:
+            lr = dcfg.pseudo_label_anchor_lr
         if lr is not None:
             opt = dataclasses.replace(opt, lr=lr)
 
