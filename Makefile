@@ -76,6 +76,11 @@ bench-claim:
 	.venv/bin/python benchmarks/method_table.py --config fashion-mnist-full --out benchmarks/results/full-ensemble \
 		--methods teacher-finetune,task-oriented,pseudo-label,task-oriented-pretrained --set num_threads=1 \
 		--set $(LITE_ENSEMBLE) --baselines benchmarks/results/baselines-5seeds
+	.venv/bin/taskdistill sweep fashion-mnist-full --methods teacher-finetune,task-oriented-pretrained,task-oriented \
+		--budgets 10 --seeds 3,4 --set num_threads=1 --set $(LITE_ENSEMBLE) --out benchmarks/results/full-ensemble
+	.venv/bin/python benchmarks/method_table.py --config fashion-mnist-full --out benchmarks/results/full-ensemble \
+		--summary-only --seeds 0,1,2,3,4 --summary-name summary-5seeds --set num_threads=1 --set $(LITE_ENSEMBLE) \
+		--baselines benchmarks/results/baselines-5seeds
 	scripts/setup_clipart_data.sh
 	.venv/bin/python benchmarks/method_table.py --config clipart-sweep --out benchmarks/results/clipart_sweep \
 		--methods teacher-finetune,task-oriented,pseudo-label,task-oriented-pretrained,pretrained-finetune,scratch \

@@ -54,8 +54,8 @@ def load_cells(folder: Path, budget: int) -> dict[str, dict[int, dict[str, Any]]
 
 
 def summarize(out: Path, budget: int, seeds: list[int], title: str,
-              baselines: list[Path] | None = None) -> dict[str, Any]:
-    """summary.md / summary.json from the finished cells of `seeds` (methods missing in `out` from `baselines`)."""
+              baselines: list[Path] | None = None, name: str = "summary") -> dict[str, Any]:
+    """<name>.md / <name>.json from the finished cells of `seeds` (methods missing in `out` from `baselines`)."""
     cells = load_cells(out, budget)
     source = {m: out for m in cells}
     for folder in baselines or []:
@@ -89,7 +89,7 @@ def summarize(out: Path, budget: int, seeds: list[int], title: str,
             mean, std = mean_std(list(diffs.values()))
             stage3.append({"method": method, "per_seed": diffs, "mean": mean, "std": std})
     summary = {"budget": budget, "seeds": seeds, "rows": rows, "pairs": pairs, "stage3": stage3}
-    write_json(out / "summary.json", summary)
+    write_json(out / f"{name}.json", summary)
 
     def pct(x: float | None, signed: bool = False) -> str:
         return "-" if x is None else (f"{100 * x:+.2f}" if signed else f"{100 * x:.2f}")
@@ -115,7 +115,7 @@ def summarize(out: Path, budget: int, seeds: list[int], title: str,
         for r in stage3:
             per_seed = ", ".join(f"s{s}: {pct(d, True)}" for s, d in r["per_seed"].items())
             lines.append(f"| {r['method']} | {per_seed} | {pct(r['mean'], True)} +- {pct(r['std'])} |")
-    write_text(out / "summary.md", "\n".join(lines) + "\n")
+    write_text(out / f"{name}.md", "\n".join(lines) + "\n")
     return summary
 
 
@@ -130,6 +130,7 @@ def main() -> None:
     ap.add_argument("--out", required=True)
     ap.add_argument("--smoke", action="store_true", help="tiny version: 1 seed, 200 transfer images, 1 epoch")
     ap.add_argument("--summary-only", action="store_true", help="write the summary from finished cells, run none")
+    ap.add_argument("--summary-name", default="summary", help="the summary's file name, without .md / .json")
     ap.add_argument("--set", dest="overrides", action="append", default=[], help="key=value, e.g. num_threads=1")
     args = ap.parse_args()
     out = Path(args.out)
@@ -141,8 +142,9 @@ def main() -> None:
     cfg = load_config(RunConfig, path, extra)
     if not args.summary_only:
         run_sweep(cfg, args.methods.split(","), [args.budget], seeds, out)
-    summarize(out, args.budget, seeds, f"Method table on `{cfg.data.dataset}` ({cfg.name})", args.baselines)
-    print((out / "summary.md").read_text())
+    summarize(out, args.budget, seeds, f"Method table on `{cfg.data.dataset}` ({cfg.name})", args.baselines,
+              args.summary_name)
+    print((out / f"{args.summary_name}.md").read_text())
 
 
 if __name__ == "__main__":
