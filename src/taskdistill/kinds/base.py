@@ -114,11 +114,10 @@ class TaskKind(ABC):
         """Train `model` on the labels (the whole model, or only its head on a frozen backbone)."""
 
     def _fit_labels(self, task: SupervisedTask | AnchoredFinetuneTask, model: nn.Module,
-                    labeled: LabeledSet | AnchoredBatches, opt: OptimConfig, seed: int, device: torch.device,
+                    source: ImageBatches | AnchoredBatches, opt: OptimConfig, seed: int, device: torch.device,
                     desc: str, options: LoopOptions | None) -> FitInfo:
-        """Run a task that trains on the labels over the labeled set's batches (or a source built on them); every
-        weight trains again afterwards (a head-only task froze the backbone)."""
-        source = labeled if isinstance(labeled, AnchoredBatches) else ImageBatches(labeled)
+        """Run a task that trains on the labels over `source` (the labeled set's batches, or a source built on
+        them); every weight trains again afterwards (a head-only task froze the backbone)."""
         try:
             return fit_info(fit(task, source, schedule_of(opt), seed=seed, device=device, desc=desc, options=options))
         finally:

@@ -15,7 +15,7 @@ from taskdistill.config.schema import DistillConfig, ModelConfig, OptimConfig, R
 from taskdistill.data.image_set import ImageSet
 from taskdistill.data.prepare import PreparedData, load_size_for, load_task_data, prepare_data
 from taskdistill.data.streaming import ShardStream
-from taskdistill.engine.batches import ViewBatches
+from taskdistill.engine.batches import ImageBatches, ViewBatches
 from taskdistill.engine.checkpoint import decode_policy_of
 from taskdistill.engine.evaluate import evaluate
 from taskdistill.engine.inference import BatchSize
@@ -81,7 +81,7 @@ class Classification(TaskKind):
             return dataclasses.replace(fit_info(result), images=len(labeled))
         task = SupervisedTask(model, augment=opt.augment, label_smoothing=opt.label_smoothing, head_only=head_only,
                               freeze_bn=opt.freeze_bn, seed=seed)
-        return self._fit_labels(task, model, labeled, opt, seed, device, desc, options)
+        return self._fit_labels(task, model, ImageBatches(labeled), opt, seed, device, desc, options)
 
     def labels_task(self, model: nn.Module, labeled: ImageSet, opt: OptimConfig, seed: int) -> SupervisedTask:
         return SupervisedTask(model, augment=opt.augment, label_smoothing=opt.label_smoothing, freeze_bn=opt.freeze_bn,

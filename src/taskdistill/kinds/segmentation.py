@@ -30,7 +30,7 @@ from taskdistill.data.prepare import (
 from taskdistill.data.segmentation import SegmentationSet, SegTaskData, few_shot_images, load_seg_folders
 from taskdistill.data.sources import TaskData
 from taskdistill.data.streaming import ShardStream
-from taskdistill.engine.batches import ViewBatches
+from taskdistill.engine.batches import ImageBatches, ViewBatches
 from taskdistill.engine.inference import BatchSize
 from taskdistill.engine.loop import LoopOptions, fit
 from taskdistill.engine.schedule import schedule_of
@@ -123,7 +123,7 @@ class Segmentation(TaskKind):
         """Per-pixel cross-entropy on the labeled masks (whole model, or the head on a frozen backbone)."""
         task = SupervisedTask(model, augment=opt.augment, head_only=head_only, freeze_bn=opt.freeze_bn, seed=seed,
                               per_pixel=True, ignore_index=labeled.ignore_index)
-        return self._fit_labels(task, model, labeled, opt, seed, device, desc, options)
+        return self._fit_labels(task, model, ImageBatches(labeled), opt, seed, device, desc, options)
 
     def labels_task(self, model: nn.Module, labeled: SegmentationSet, opt: OptimConfig, seed: int) -> SupervisedTask:
         return SupervisedTask(model, augment=opt.augment, freeze_bn=opt.freeze_bn, seed=seed, per_pixel=True,
