@@ -72,6 +72,10 @@ bench-claim:
 		--out benchmarks/results/baselines-5seeds
 	.venv/bin/python benchmarks/stage3.py --config fashion-mnist-full --method pseudo-label --seeds 0,1,2 \
 		--set num_threads=1 --out benchmarks/results/stage3-pseudo-label $(PSEUDO_LABEL_STAGE3)
+	# pseudo-label's distillation rate, on the same split (only the distilled columns compare)
+	.venv/bin/python benchmarks/stage3.py --config fashion-mnist-full --method pseudo-label --vary distilled --seeds 0,1,2 \
+		--set num_threads=1 --out benchmarks/results/stage3-pseudo-label --summary-name summary-stage2-rate \
+		--variant plain= --variant stage2-lr3e-3=distill.train.lr=3e-3
 	# task-oriented-pretrained's distillation rate on the whole transfer set, from the teachers just above
 	.venv/bin/python benchmarks/stage3.py --config fashion-mnist-full --method task-oriented-pretrained --vary distilled \
 		--teachers benchmarks/results/stage3-pseudo-label --seeds 0,1,2 --set num_threads=1 \
@@ -79,15 +83,27 @@ bench-claim:
 	.venv/bin/python benchmarks/method_table.py --config fashion-mnist-full --out benchmarks/results/full \
 		--methods teacher-finetune,task-oriented,pseudo-label,task-oriented-pretrained --set num_threads=1 \
 		--baselines benchmarks/results/baselines-5seeds
+	.venv/bin/taskdistill sweep fashion-mnist-full --methods teacher-finetune,task-oriented,pseudo-label,task-oriented-pretrained \
+		--budgets 10 --seeds 3,4 --set num_threads=1 --out benchmarks/results/full
+	.venv/bin/python benchmarks/method_table.py --config fashion-mnist-full --out benchmarks/results/full \
+		--summary-only --seeds 0,1,2,3,4 --summary-name summary-5seeds --set num_threads=1 \
+		--baselines benchmarks/results/baselines-5seeds
 	# the same with the ensemble of the three packaged EfficientNet-Lites as the teacher (docs/ensemble.md)
 	.venv/bin/python benchmarks/method_table.py --config fashion-mnist-full --out benchmarks/results/full-ensemble \
 		--methods teacher-finetune,task-oriented,pseudo-label,task-oriented-pretrained --set num_threads=1 \
 		--set $(LITE_ENSEMBLE) --baselines benchmarks/results/baselines-5seeds
-	.venv/bin/taskdistill sweep fashion-mnist-full --methods teacher-finetune,task-oriented-pretrained,task-oriented \
+	.venv/bin/taskdistill sweep fashion-mnist-full --methods teacher-finetune,task-oriented-pretrained,task-oriented,pseudo-label \
 		--budgets 10 --seeds 3,4 --set num_threads=1 --set $(LITE_ENSEMBLE) --out benchmarks/results/full-ensemble
 	.venv/bin/python benchmarks/method_table.py --config fashion-mnist-full --out benchmarks/results/full-ensemble \
 		--summary-only --seeds 0,1,2,3,4 --summary-name summary-5seeds --set num_threads=1 --set $(LITE_ENSEMBLE) \
 		--baselines benchmarks/results/baselines-5seeds
+	# pseudo-label's seed 4 with the ensemble teacher, with its loss curve, at its rate and at 3e-3
+	for run in pl-s4:1e-2 pl-s4-lr3e-3:3e-3; do name=$${run%%:*}; \
+		test -f benchmarks/results/pseudo-label-ensemble-s4/$$name/metrics.json || \
+		.venv/bin/taskdistill run fashion-mnist-full --set seed=4 --set num_threads=1 --set 'run.methods=[pseudo-label]' \
+		--set $(LITE_ENSEMBLE) --set distill.cache_dir=benchmarks/results/full-ensemble/.cache \
+		--set output_dir=benchmarks/results/pseudo-label-ensemble-s4 --set name=$$name --set distill.train.lr=$${run#*:} \
+		|| exit 1; done
 	scripts/setup_clipart_data.sh
 	.venv/bin/python benchmarks/method_table.py --config clipart-sweep --out benchmarks/results/clipart_sweep \
 		--methods teacher-finetune,task-oriented,pseudo-label,task-oriented-pretrained,pretrained-finetune,scratch \

@@ -14,7 +14,7 @@ score (what the variant trains) and the final one.
 `--teachers DIR` takes each seed's teacher from `DIR/base-s<seed>/` (a finished run of this script with the
 same config, labels and seeds) and its cached outputs from `DIR/.cache`, instead of training and caching again.
 Run: .venv/bin/python benchmarks/stage3.py [--config fashion-mnist-sweep] [--method task-oriented] [--seeds 0,1,2]
-     [--set key=value] [--vary final|distilled] [--teachers DIR]
+     [--set key=value] [--vary final|distilled] [--teachers DIR] [--summary-name NAME]
      [--variant NAME=key=value,key=value ...]   (NAME= with no settings: the base run itself)
 Writes `<out>/summary.md` / `summary.json`: per seed and variant, val and test top-1 of the distilled student
 and of the student after stage 3, and the change stage 3 makes.
@@ -78,6 +78,7 @@ def main() -> None:
     ap.add_argument("--teachers", default=None,
                     help="a finished output folder of this script: its base-s<seed> teachers and .cache are used")
     ap.add_argument("--out", default="benchmarks/results/stage3")
+    ap.add_argument("--summary-name", default="summary", help="file name of the summary (.md/.json) in --out")
     args = ap.parse_args()
     out = Path(args.out)
     variants = {v.split("=", 1)[0]: [s for s in v.split("=", 1)[1].split(",") if s] for v in args.variant} or DEFAULT_VARIANTS
@@ -121,7 +122,7 @@ def main() -> None:
             rows.append({"seed": seed, "variant": name, "sets": sets, "distilled_val": d_val, "distilled_test": d_test,
                          "final_val": f_val, "final_test": f_test})
             print(f"seed {seed} {name:>20}: distilled val {d_val} test {d_test:.2f} -> val {f_val} test {f_test:.2f}")
-    write_json(out / "summary.json", {"config": args.config, "method": method, "vary": args.vary, "sets": args.sets,
+    write_json(out / f"{args.summary_name}.json", {"config": args.config, "method": method, "vary": args.vary, "sets": args.sets,
                                       "rows": rows})
     what = "Stage 3 variants" if args.vary == "final" else "Stage 2 variants"
     start = "every row starts from PLAIN" if args.vary == "final" else "each row then the config's stage 3"
@@ -136,13 +137,13 @@ def main() -> None:
         fmt = lambda xs, sign="+": (f"{statistics.mean(xs):{sign}.2f} ({', '.join(f'{x:{sign}.2f}' for x in xs)})"  # noqa: E731
                                     if xs else "-")
         after = [r["final_val"] for r in mine if r["final_val"] is not None]
-        base_sets = "no anchor, lr 1e-4 (PLAIN)" if args.vary == "final" else "the config's"
+        base_sets = "no anchor, lr 1e-4 (PLAIN)" if args.vary == "final" else "the base run's (its config.yaml)"
         d_val = [r["distilled_val"] for r in mine if r["distilled_val"] is not None]
         d_both = (f"{statistics.mean(d_val):.2f} / " if d_val else "- / ") + \
             f"{statistics.mean(r['distilled_test'] for r in mine):.2f}"
         lines.append(f"| {name} | {' '.join(sets) or base_sets} | {d_both} | {fmt(dv)} | {fmt(dt)} | "
                      f"{fmt(after, sign='')} | {statistics.mean(r['final_test'] for r in mine):.2f} |")
-    write_text(out / "summary.md", "\n".join(lines) + "\n")
+    write_text(out / f"{args.summary_name}.md", "\n".join(lines) + "\n")
     print("\n".join(lines))
 
 
