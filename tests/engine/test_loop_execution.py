@@ -345,3 +345,36 @@ def test_tensorboard_missing_names_the_extra(tmp_path: Path, monkeypatch: pytest
     with pytest.raises(ConfigError, match=r"taskdistill\[tensorboard\]"):
         ScalarLog(tmp_path / "s.csv", tmp_path / "tb")
     ScalarLog(tmp_path / "s.csv", None).close()  # the CSV alone never imports it
+
+
+def _param_step(clip: float | None) -> float:
+    """The L2 norm of one SGD step's change to the parameters (lr 1, one batch of 8, no weight decay)."""
+    task = supervised_task(augment="none")
+    before = {k: v.detach().clone() for k, v in task.model.named_parameters()}
+    fit(task, ImageBatches(image_set(8)), Schedule(epochs=1, batch_size=8, lr=1.0, optimizer="sgd",
+                                                   clip_grad_norm=clip), progress=False)
+    after = dict(task.model.named_parameters())
+    return float(torch.sqrt(sum(((after[k].detach() - v) ** 2).sum() for k, v in before.items())))
+
+
+def test_clip_grad_norm_bounds_a_step_and_none_leaves_it() -> None:
+    free, clipped = _param_step(None), _param_step(1e-3)
+    # first SGD step with Nesterov momentum 0.9 from an empty buffer: change = lr * 1.9 * gradient
+    assert clipped <= 1.9e-3 * 1.001
+    assert free > 100 * clipped  # the unclipped gradient is far above 1e-3, so the bound did the work
+
+
+def test_clip_grad_norm_from_the_config_and_an_unclipped_fingerprint_as_before() -> None:
+    from taskdistill.config import load_config
+    from taskdistill.engine.loop import _fingerprint
+    from taskdistill.engine.schedule import schedule_of
+
+    cfg = load_config(RunConfig, None, ["distill.train.clip_grad_norm=1.0"])
+    assert schedule_of(cfg.distill.train).clip_grad_norm == 1.0
+    assert schedule_of(load_config(RunConfig, None, []).distill.train).clip_grad_norm is None
+    with pytest.raises(Exception, match="clip_grad_norm"):
+        load_config(RunConfig, None, ["distill.train.clip_grad_norm=0"])
+    fp = _fingerprint("s", SCHEDULE, 0, 1, 6, 12, N, [], "fp32")
+    assert "clip_grad_norm" not in fp["schedule"]  # mid-stage checkpoints written before the key still resume
+    assert _fingerprint("s", Schedule(epochs=2, batch_size=8, lr=1e-3, clip_grad_norm=1.0), 0, 1, 6, 12, N, [],
+                        "fp32")["schedule"]["clip_grad_norm"] == 1.0

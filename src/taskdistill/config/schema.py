@@ -77,6 +77,8 @@ class OptimConfig:
     freeze_bn: bool = False  # keep batch-norm statistics fixed while training
     # small labeled sets: at least this many optimizer steps (epochs are repeated)
     min_steps: int = field(default=0, metadata=ge(0, "the fewest optimizer steps"))
+    # the largest global gradient norm a step may apply (torch's clip_grad_norm_, timm's --clip-grad); None: no clipping
+    clip_grad_norm: float | None = field(default=None, metadata=gt(0, "the largest gradient norm of a step"))
 
 
 def _repeated_member(c: TeacherConfig) -> bool:

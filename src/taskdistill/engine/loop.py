@@ -79,6 +79,7 @@ class Schedule:
     optimizer: Literal["adamw", "sgd"] = "adamw"
     warmup_epochs: float = 0.0
     min_steps: int = 0
+    clip_grad_norm: float | None = None  # scale a step's gradients down to this global norm when above it
 
 
 @dataclass
@@ -106,6 +107,12 @@ def build_optimizer(params: Iterable[nn.Parameter], schedule: Schedule) -> torch
         return torch.optim.SGD(groups, lr=schedule.lr, momentum=0.9, nesterov=True)
     # The fused kernel does the whole update in one pass (part of the default's speed-up, BENCHMARKS.md).
     return torch.optim.AdamW(groups, lr=schedule.lr, fused=True)
+
+
+def _clip(params: list[nn.Parameter], max_norm: float) -> None:
+    """Scale the gradients of `params` so that their global L2 norm is at most `max_norm` (on the device: no
+    host sync; a non-finite norm is left to the loop's finite-loss check)."""
+    torch.nn.utils.clip_grad_norm_(params, max_norm, error_if_nonfinite=False, foreach=None)
 
 
 def lr_at(step: int, total: int, warmup: int, base_lr: float) -> float:
@@ -163,7 +170,8 @@ def _rank_scale(out: dict[str, torch.Tensor], local: int, global_rows: int, worl
 def _fingerprint(desc: str, schedule: Schedule, seed: int, world_size: int, steps_per_epoch: int, total: int,
                  n: int, params: list[nn.Parameter], precision: str) -> dict[str, Any]:
     """What a mid-stage checkpoint must match to be used (see `engine.train_state`)."""
-    return {"stage": desc, "schedule": asdict(schedule), "seed": seed, "world_size": world_size,
+    sched = {k: v for k, v in asdict(schedule).items() if not (k == "clip_grad_norm" and v is None)}  # as before it
+    return {"stage": desc, "schedule": sched, "seed": seed, "world_size": world_size,
             "steps_per_epoch": steps_per_epoch, "total_steps": total, "items": n,
             "trained_shapes": [list(p.shape) for p in params], "precision": precision}
 
@@ -330,10 +338,15 @@ def fit(
                 scaled = loss * scale if not isinstance(scale, float) or scale != 1.0 else loss
                 if scaler is not None:
                     scaler.scale(scaled).backward()
+                    if schedule.clip_grad_norm is not None:
+                        scaler.unscale_(optimizer)  # clip the true gradients, not the loss-scaled ones
+                        _clip(trainable, schedule.clip_grad_norm)
                     scaler.step(optimizer)
                     scaler.update()
                 else:
                     scaled.backward()
+                    if schedule.clip_grad_norm is not None:
+                        _clip(trainable, schedule.clip_grad_norm)
                     optimizer.step()
                 scalars.add(out, step)
                 step += 1

@@ -15,7 +15,8 @@ T = TypeVar("T")
 
 def schedule_of(opt: OptimConfig) -> Schedule:
     return Schedule(epochs=opt.epochs, batch_size=opt.batch_size, lr=opt.lr, weight_decay=opt.weight_decay,
-                    optimizer=opt.optimizer, warmup_epochs=opt.warmup_epochs, min_steps=opt.min_steps)
+                    optimizer=opt.optimizer, warmup_epochs=opt.warmup_epochs, min_steps=opt.min_steps,
+                    clip_grad_norm=opt.clip_grad_norm)
 
 
 def _scale_all(node: T, scale: float, rule: Any) -> T:
