@@ -97,12 +97,12 @@ bench-claim:
 	.venv/bin/python benchmarks/method_table.py --config fashion-mnist-full --out benchmarks/results/full-ensemble \
 		--summary-only --seeds 0,1,2,3,4 --summary-name summary-5seeds --set num_threads=1 --set $(LITE_ENSEMBLE) \
 		--baselines benchmarks/results/baselines-5seeds
-	# pseudo-label's seed 4 with the ensemble teacher, with its loss curve, at its rate and at 3e-3
-	for run in pl-s4:1e-2 pl-s4-lr3e-3:3e-3; do name=$${run%%:*}; \
-		test -f benchmarks/results/pseudo-label-ensemble-s4/$$name/metrics.json || \
+	# pseudo-label's seed 4 with the ensemble teacher, with its loss curve: as in the sweep, at lr 3e-3, clipped at norm 1
+	for run in pl-s4:distill.train.lr=1e-2 pl-s4-lr3e-3:distill.train.lr=3e-3 pl-s4-clip1:distill.train.clip_grad_norm=1.0; do \
+		name=$${run%%:*}; test -f benchmarks/results/pseudo-label-ensemble-s4/$$name/metrics.json || \
 		.venv/bin/taskdistill run fashion-mnist-full --set seed=4 --set num_threads=1 --set 'run.methods=[pseudo-label]' \
 		--set $(LITE_ENSEMBLE) --set distill.cache_dir=benchmarks/results/full-ensemble/.cache \
-		--set output_dir=benchmarks/results/pseudo-label-ensemble-s4 --set name=$$name --set distill.train.lr=$${run#*:} \
+		--set output_dir=benchmarks/results/pseudo-label-ensemble-s4 --set name=$$name --set $${run#*:} \
 		|| exit 1; done
 	scripts/setup_clipart_data.sh
 	.venv/bin/python benchmarks/method_table.py --config clipart-sweep --out benchmarks/results/clipart_sweep \
