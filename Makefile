@@ -75,11 +75,12 @@ bench-claim:
 	# pseudo-label's distillation rate, on the same split (only the distilled columns compare)
 	.venv/bin/python benchmarks/stage3.py --config fashion-mnist-full --method pseudo-label --vary distilled --seeds 0,1,2 \
 		--set num_threads=1 --out benchmarks/results/stage3-pseudo-label --summary-name summary-stage2-rate \
-		--variant plain= --variant stage2-lr3e-3=distill.train.lr=3e-3
+		--variant plain= --variant stage2-lr3e-3=distill.train.lr=3e-3 --variant stage2-clip1=distill.train.clip_grad_norm=1.0
 	# task-oriented-pretrained's distillation rate on the whole transfer set, from the teachers just above
 	.venv/bin/python benchmarks/stage3.py --config fashion-mnist-full --method task-oriented-pretrained --vary distilled \
 		--teachers benchmarks/results/stage3-pseudo-label --seeds 0,1,2 --set num_threads=1 \
-		--out benchmarks/results/stage2-pretrained-rate --variant lr1e-2= --variant lr3e-3=distill.pretrained_student_lr=3e-3
+		--out benchmarks/results/stage2-pretrained-rate --variant lr1e-2= --variant lr3e-3=distill.pretrained_student_lr=3e-3 \
+		--variant clip1=distill.train.clip_grad_norm=1.0
 	.venv/bin/python benchmarks/method_table.py --config fashion-mnist-full --out benchmarks/results/full \
 		--methods teacher-finetune,task-oriented,pseudo-label,task-oriented-pretrained --set num_threads=1 \
 		--baselines benchmarks/results/baselines-5seeds
