@@ -170,7 +170,8 @@ def _rank_scale(out: dict[str, torch.Tensor], local: int, global_rows: int, worl
 def _fingerprint(desc: str, schedule: Schedule, seed: int, world_size: int, steps_per_epoch: int, total: int,
                  n: int, params: list[nn.Parameter], precision: str) -> dict[str, Any]:
     """What a mid-stage checkpoint must match to be used (see `engine.train_state`)."""
-    sched = {k: v for k, v in asdict(schedule).items() if not (k == "clip_grad_norm" and v is None)}  # as before it
+    # an optional key left at None is omitted, so checkpoints written before the key existed still match
+    sched = {k: v for k, v in asdict(schedule).items() if v is not None}
     return {"stage": desc, "schedule": sched, "seed": seed, "world_size": world_size,
             "steps_per_epoch": steps_per_epoch, "total_steps": total, "items": n,
             "trained_shapes": [list(p.shape) for p in params], "precision": precision}
