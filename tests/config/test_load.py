@@ -78,3 +78,18 @@ def test_a_stored_config_without_a_later_key_keeps_the_meaning_it_had():
     del dumped["distill"]["pseudo_label_anchor_lr"]  # before pseudo-label's stage 3 had its own rate
     assert from_stored(RunConfig, dumped).distill.pseudo_label_anchor_lr is None  # it took finetune_anchor_lr
     assert from_dict(RunConfig, dumped).distill.pseudo_label_anchor_lr == 1e-4
+
+
+def test_config_differences_name_each_changed_leaf_and_override_text_sets_it_back():
+    from taskdistill.config.load import config_differences, override_text, to_dict
+
+    old = load_config(RunConfig, None, ["distill.train.clip_grad_norm=1.0", "data.labels_per_class=5"])
+    new = load_config(RunConfig, None, ["data.labels_per_class=7"])
+    differs = config_differences(to_dict(old), to_dict(new))
+    assert differs == [("data.labels_per_class", 5, 7), ("distill.train.clip_grad_norm", 1.0, None)]
+    assert config_differences(to_dict(new), to_dict(new)) == []
+    back = load_config(RunConfig, None, ["data.labels_per_class=7", *(override_text(k, a) for k, a, _ in differs)])
+    assert to_dict(back) == to_dict(old)
+    ensemble = [{"name": "tf_efficientnet_lite0", "pretrained": True, "input_size": 64}]
+    assert load_config(RunConfig, None, [override_text("teacher.ensemble", ensemble)]).teacher.ensemble[0].name == \
+        "tf_efficientnet_lite0"

@@ -75,8 +75,12 @@ def test_sweep_refuses_another_config_and_unknown_methods(shapes_dataset, tmp_pa
     other = tiny_cfg(shapes_dataset, tmp_path, "student.scratch.lr=0.1")
     from taskdistill.errors import RunFolderError
 
-    with pytest.raises(RunFolderError, match="another config"):
+    with pytest.raises(RunFolderError, match=r"another config \(student\.scratch\.lr: [0-9.e-]+ there, 0\.1 now\)"
+                       r".*--set student\.scratch\.lr=") as refused:
         run_sweep(other, ["scratch"], [3], [0], tmp_path / "sweep")
+    suggested = str(refused.value).split("(e.g. ")[1].split(")")[0].removeprefix("--set ")
+    run_sweep(tiny_cfg(shapes_dataset, tmp_path, "student.scratch.lr=0.1", suggested), ["scratch"], [3], [0],
+              tmp_path / "sweep")  # the suggested --set continues the folder
     with pytest.raises(ConfigError, match="Did you mean 'task-oriented'"):
         run_sweep(cfg, ["task-orientd"], [3], [0], tmp_path / "sweep2")
     rec = json.loads(cell_path(tmp_path / "sweep", "scratch", 3, 0).read_text())

@@ -183,6 +183,23 @@ def to_dict(cfg: Any) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
 
 
+def config_differences(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[tuple[str, Any, Any]]:
+    """(dotted key, old value, new value) for every leaf where two config dicts (`to_dict`) differ, in key order."""
+    out: list[tuple[str, Any, Any]] = []
+    for key in [*old, *(k for k in new if k not in old)]:
+        a, b, where = old.get(key), new.get(key), f"{prefix}{key}"
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += config_differences(a, b, f"{where}.")
+        elif a != b:
+            out.append((where, a, b))
+    return out
+
+
+def override_text(key: str, value: Any) -> str:
+    """The `--set` text that gives dotted `key` this value: the inverse of `parse_override`."""
+    return f"{key}={yaml.safe_dump(value, default_flow_style=True).strip().removesuffix('...').strip()}"
+
+
 def parse_override(text: str) -> tuple[list[str], Any]:
     """`a.b.c=value` -> (["a", "b", "c"], parsed YAML scalar or list)."""
     if "=" not in text:

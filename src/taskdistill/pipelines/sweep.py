@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from taskdistill import distributed
 from taskdistill.atomic import write_json, write_text
-from taskdistill.config.load import from_stored, to_dict
+from taskdistill.config.load import config_differences, from_stored, override_text, to_dict
 from taskdistill.config.schema import RunConfig
 from taskdistill.data.prepare import PreparedData
 from taskdistill.engine.checkpoint import load_checkpoint, save_checkpoint
@@ -98,9 +98,13 @@ def run_sweep(cfg: RunConfig, methods: Sequence[str], budgets: Sequence[int], se
         old = yaml.safe_load(stored.read_text())
         # Read the stored config through today's schema, so a field added since (with its default) does not
         # orphan a finished sweep; a changed value still does.
-        if to_dict(from_stored(RunConfig, old["config"])) != to_dict(cfg):
-            raise RunFolderError(f"sweep folder '{folder}' was made with another config; use the same config to "
-                                 f"continue it, --force to start over, or another --out folder")
+        differs = config_differences(to_dict(from_stored(RunConfig, old["config"])), to_dict(cfg))
+        if differs:
+            shown = "; ".join(f"{key}: {a!r} there, {b!r} now" for key, a, b in differs[:5])
+            more = f" (and {len(differs) - 5} more)" if len(differs) > 5 else ""
+            sets = " ".join(f"--set {override_text(key, a)}" for key, a, _ in differs[:5])
+            raise RunFolderError(f"sweep folder '{folder}' was made with another config ({shown}{more}); continue it "
+                                 f"with the same config (e.g. {sets}), start over with --force, or pass another --out")
     if force:
         import shutil
 
