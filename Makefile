@@ -18,6 +18,9 @@ bench-default:
 	.venv/bin/python benchmarks/default_seeds.py
 	# the same with the ensemble teacher (BENCHMARKS.md "The default": not above noise, not taken)
 	.venv/bin/python benchmarks/default_seeds.py --out benchmarks/results/default_ensemble --set $(LITE_ENSEMBLE)
+	# fashion-mnist-full's clipped distillation for the default, on a validation split (not above noise, not taken)
+	.venv/bin/python benchmarks/stage3.py --config default --vary distilled --seeds 0,1,2 --set num_threads=1 \
+		--out benchmarks/results/default-clip-val --variant base= --variant clip1=distill.train.clip_grad_norm=1.0
 
 # torchdistill is installed only here, in its own environment, for the comparison
 .venv-bench/bin/python:
