@@ -69,6 +69,17 @@ def test_killed_sweep_resumes_without_recomputing_finished_cells(shapes_dataset,
     assert calls == []
 
 
+def test_the_report_covers_every_finished_cell_of_the_folder(shapes_dataset, tmp_path):
+    cfg = tiny_cfg(shapes_dataset, tmp_path)
+    run_sweep(cfg, ["scratch"], [3], [0], tmp_path / "sweep")
+    (tmp_path / "sweep" / "cells" / "notes.json").write_text("{}")  # not a cell: skipped
+    records = run_sweep(cfg, ["scratch"], [3], [1], tmp_path / "sweep")  # e.g. a second process, another seed
+    assert [(r["method"], r["seed"]) for r in records] == [("scratch", 1)]  # the call returns its own grid
+    shown = json.loads((tmp_path / "sweep" / "results.json").read_text())
+    assert sorted((r["method"], r["seed"]) for r in shown) == [("scratch", 0), ("scratch", 1)]
+    assert "2 distinct" in (tmp_path / "sweep" / "report.md").read_text()
+
+
 def test_sweep_refuses_another_config_and_unknown_methods(shapes_dataset, tmp_path):
     cfg = tiny_cfg(shapes_dataset, tmp_path)
     run_sweep(cfg, ["scratch"], [3], [0], tmp_path / "sweep")

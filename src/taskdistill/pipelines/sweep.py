@@ -2,7 +2,8 @@
 
 Layout of a sweep folder: `sweep.yaml` (config + grid), `cells/<method>__b<budget>__s<seed>.json` (one
 record per finished cell, written atomically: a finished cell is never recomputed), `teachers/` (one
-finetuned teacher per budget and seed, shared by the methods), and the report files.
+finetuned teacher per budget and seed, shared by the methods), and the report files, over every finished cell
+of the folder (so one process per seed into one folder ends with the whole table).
 """
 
 from __future__ import annotations
@@ -84,7 +85,8 @@ class SweepStages:
 
 def run_sweep(cfg: RunConfig, methods: Sequence[str], budgets: Sequence[int], seeds: Sequence[int],
               folder: str | Path, force: bool = False) -> list[dict[str, Any]]:
-    """Run every missing cell of the grid into `folder`, then write the report; returns all records."""
+    """Run every missing cell of the grid into `folder`, then write the report of every finished cell in the
+    folder; returns the grid's records."""
     kind = kind_of(cfg)
     check_methods(list(methods))
     kind.check_methods(list(methods))
@@ -142,12 +144,27 @@ def run_sweep(cfg: RunConfig, methods: Sequence[str], budgets: Sequence[int], se
 
     def finish() -> list[dict[str, Any]]:
         records = [json.loads(cell_path(folder, m, b, s).read_text()) for b, s, m in grid]
-        write_sweep_report(records, folder, title=f"Sweep {cfg.name}: {cfg.data.dataset}, student "
+        # the report covers the folder, not just this call's grid: one process per seed (or budget) into one
+        # folder ends with a report of every finished cell (they all ran with this config)
+        shown = [json.loads(cell_path(folder, m, b, s).read_text()) for b, s, m in finished_cells(folder)]
+        write_sweep_report(shown, folder, title=f"Sweep {cfg.name}: {cfg.data.dataset}, student "
                                                   f"{cfg.student.model.name}, teacher {cfg.teacher.model.name}",
                            metric=kind.metric, budget_unit=kind.budget_unit)
         return records
 
     return distributed.on_main(finish)
+
+
+def finished_cells(folder: Path) -> list[tuple[int, int, str]]:
+    """Every finished (budget, seed, method) cell in a sweep folder: methods in registry order, then budget and
+    seed ascending (a file name this module did not write is skipped)."""
+    found = []
+    for path in (folder / "cells").glob("*__b*__s*.json"):
+        method, budget, seed = path.stem.rsplit("__", 2)
+        if method in METHODS and budget[1:].isdigit() and seed[1:].isdigit():
+            found.append((int(budget[1:]), int(seed[1:]), method))
+    order = list(METHODS)
+    return sorted(found, key=lambda c: (order.index(c[2]), c[0], c[1]))
 
 
 def grid_of(methods: Sequence[str], budgets: Sequence[int], seeds: Sequence[int]) -> list[tuple[int, int, str]]:
