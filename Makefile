@@ -75,6 +75,12 @@ bench-claim:
 	.venv/bin/taskdistill sweep fashion-mnist-sweep --methods scratch,pretrained-finetune --budgets 10 \
 		--seeds 0,1,2,3,4 --set num_threads=1 --set distill.finetune_anchor=0 --set student.finetune.lr=1e-4 \
 		--out benchmarks/results/baselines-5seeds
+	# the issue-3 grid with the anchored stage 3, every budget (its stage-3 rows: method_table.py --budget B)
+	.venv/bin/taskdistill sweep fashion-mnist-sweep --methods teacher-finetune,task-oriented,task-oriented-pretrained \
+		--budgets 1,5,10,50 --seeds 0,1,2 --set num_threads=1 --out benchmarks/results/sweep-anchored
+	for b in 1 5 10 50; do .venv/bin/python benchmarks/method_table.py --config fashion-mnist-sweep --budget $$b \
+		--out benchmarks/results/sweep-anchored --methods teacher-finetune,task-oriented,task-oriented-pretrained,pretrained-finetune,scratch \
+		--summary-only --summary-name summary-b$$b --set num_threads=1 --baselines benchmarks/results/baselines-5seeds || exit 1; done
 	.venv/bin/python benchmarks/stage3.py --config fashion-mnist-full --method pseudo-label --seeds 0,1,2 \
 		--set num_threads=1 $(UNCLIPPED) --out benchmarks/results/stage3-pseudo-label $(PSEUDO_LABEL_STAGE3)
 	# pseudo-label's distillation rate, on the same split (only the distilled columns compare)
