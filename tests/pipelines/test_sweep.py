@@ -72,7 +72,7 @@ def test_killed_sweep_resumes_without_recomputing_finished_cells(shapes_dataset,
 def test_the_report_covers_every_finished_cell_of_the_folder(shapes_dataset, tmp_path):
     cfg = tiny_cfg(shapes_dataset, tmp_path)
     run_sweep(cfg, ["scratch"], [3], [0], tmp_path / "sweep")
-    (tmp_path / "sweep" / "cells" / "notes.json").write_text("{}")  # not a cell: skipped
+    (tmp_path / "sweep" / "cells" / "backup__b3__s0.json").write_text("{}")  # no such method: not a cell
     records = run_sweep(cfg, ["scratch"], [3], [1], tmp_path / "sweep")  # e.g. a second process, another seed
     assert [(r["method"], r["seed"]) for r in records] == [("scratch", 1)]  # the call returns its own grid
     shown = json.loads((tmp_path / "sweep" / "results.json").read_text())
