@@ -143,14 +143,13 @@ def run_sweep(cfg: RunConfig, methods: Sequence[str], budgets: Sequence[int], se
     bar.close()
 
     def finish() -> list[dict[str, Any]]:
-        records = [json.loads(cell_path(folder, m, b, s).read_text()) for b, s, m in grid]
         # the report covers the folder, not just this call's grid: one process per seed (or budget) into one
         # folder ends with a report of every finished cell (they all ran with this config)
-        shown = [json.loads(cell_path(folder, m, b, s).read_text()) for b, s, m in finished_cells(folder)]
-        write_sweep_report(shown, folder, title=f"Sweep {cfg.name}: {cfg.data.dataset}, student "
+        shown = {c: json.loads(cell_path(folder, c[2], c[0], c[1]).read_text()) for c in finished_cells(folder)}
+        write_sweep_report(list(shown.values()), folder, title=f"Sweep {cfg.name}: {cfg.data.dataset}, student "
                                                   f"{cfg.student.model.name}, teacher {cfg.teacher.model.name}",
                            metric=kind.metric, budget_unit=kind.budget_unit)
-        return records
+        return [shown[cell] for cell in grid]
 
     return distributed.on_main(finish)
 
